@@ -1,0 +1,1 @@
+"""Launch files, parameter YAML, RViz config and the single-process runner."""

@@ -1,0 +1,1 @@
+"""Audio front end, audio student network and student_node."""

@@ -1,0 +1,1 @@
+"""RGB, depth and thermal teacher detectors, pseudo-label fusion and synchronization, bag recorder."""

@@ -1,0 +1,1 @@
+"""Vehicle tracker, tracking_node and visualization."""

@@ -1,0 +1,1 @@
+"""Offline side of mmdistill: datasets, losses, trainer, evaluation and the mmdistill CLI."""

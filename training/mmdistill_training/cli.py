@@ -1,0 +1,52 @@
+"""The ``mmdistill`` command line: one entry point, one subcommand per job.
+
+Subcommands are registered by module path and imported only when run, so that
+``mmdistill --help`` stays fast and a missing optional dependency of one job
+does not break the others. Each command module provides
+``add_arguments(parser)`` and ``run(args) -> int``; user errors are raised as
+``mmdistill_common.errors.MmdistillError`` and printed as a single line.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Dict, Optional, Sequence, Tuple
+
+from mmdistill_common.errors import MmdistillError
+
+# name -> (module, one-line help)
+COMMANDS: Dict[str, Tuple[str, str]] = {
+    'info': ('mmdistill_training.commands.info',
+             'show versions and where ROS, the messages and torch come from'),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='mmdistill',
+        description='Audio-only vehicle detection distilled from RGB, depth and thermal teachers.')
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(cmd)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except MmdistillError as exc:
+        print(f'mmdistill {args.command}: error: {exc}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f'mmdistill {args.command}: interrupted', file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())
