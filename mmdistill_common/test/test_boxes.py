@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from mmdistill_common.boxes import cxcywh_to_xyxy, iou_matrix, nms, xyxy_to_cxcywh
+
+
+def box_strategy():
+    return st.tuples(st.floats(0, 300), st.floats(0, 100), st.floats(0.5, 80), st.floats(0.5, 40)).map(
+        lambda t: [t[0], t[1], t[0] + t[2], t[1] + t[3]])
+
+
+def test_iou_known_values():
+    a = [[0, 0, 10, 10]]
+    b = [[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30], [0, 0, 5, 10]]
+    np.testing.assert_allclose(iou_matrix(a, b), [[1.0, 50 / 150, 0.0, 0.5]])
+    assert iou_matrix(np.zeros((0, 4)), b).shape == (0, 4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(box_strategy(), min_size=1, max_size=8), st.lists(box_strategy(), min_size=1, max_size=8))
+def test_iou_properties(a, b):
+    m = iou_matrix(a, b)
+    assert np.all(m >= 0) and np.all(m <= 1 + 1e-12)
+    np.testing.assert_allclose(m, iou_matrix(b, a).T)
+    np.testing.assert_allclose(np.diag(iou_matrix(a, a)), 1.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(box_strategy(), min_size=1, max_size=12), st.floats(0.1, 0.9))
+def test_nms_properties(boxes, thr):
+    scores = np.random.default_rng(len(boxes)).random(len(boxes))
+    keep = nms(boxes, scores, thr)
+    kept = np.asarray(boxes)[keep]
+    ious = iou_matrix(kept, kept)
+    np.fill_diagonal(ious, 0)
+    assert np.all(ious <= thr + 1e-12)                       # no two kept boxes overlap above thr
+    assert keep[0] == int(np.argmax(scores))                 # the best box always survives
+    assert np.all(np.diff(scores[keep]) <= 0)                # ordered by score
+    removed = np.setdiff1d(np.arange(len(boxes)), keep)      # every removed box has a better kept neighbour
+    for r in removed:
+        assert np.any((iou_matrix([boxes[r]], kept)[0] > thr) & (scores[keep] >= scores[r]))
+
+
+def test_box_format_round_trip():
+    b = np.array([[1.0, 2.0, 5.0, 10.0]])
+    np.testing.assert_allclose(xyxy_to_cxcywh(b), [[3, 6, 4, 8]])
+    np.testing.assert_allclose(cxcywh_to_xyxy(xyxy_to_cxcywh(b)), b)
+    with pytest.raises(ValueError):
+        iou_matrix([[1, 2, 3]], b)

@@ -1,0 +1,635 @@
+"""ROS-free audio front end: ring buffer -> 1-s windows -> log-mel (+ inter-microphone features).
+
+One implementation serves the dataset builder, the trainer and ``student_node``.
+
+Conventions
+-----------
+* Audio arrives as interleaved signed 16-bit little endian (S16LE), ``channels`` channels
+  (8 by default) at ``sample_rate`` (44.1 kHz by default).  In numpy a chunk is
+  ``(samples, channels)`` int16, or float32 in [-1, 1).  A chunk's stamp (ns) is the capture
+  time of its **first** sample.
+* A *window* is ``window_s`` (1.0 s) of all channels, returned as float32 ``(channels, N)``
+  with ``N = round(window_s * sample_rate)``.  ``mode='causal'`` ends the window at the stamp
+  (the sample captured at the stamp is the first one *after* the window);
+  ``mode='centered'`` centres it on the stamp (sample ``N // 2`` of the window is the one
+  captured at the stamp).
+* Log-mel: ``librosa.feature.melspectrogram(y, sr, n_fft, hop_length, n_mels, power=2,
+  center=True, pad_mode='constant')`` followed by
+  ``librosa.power_to_db(S, ref=1.0, amin=1e-10, top_db=None)``, i.e.
+  ``10 * log10(max(S, 1e-10))`` in dB.  ``top_db`` is deliberately *not* applied: it clips
+  relative to the window's maximum, which makes every value depend on the whole window and
+  would defeat streaming reuse of STFT frames.  80 mels, n_fft 1024, hop 256 at 44.1 kHz give
+  ``80 x 173`` per channel per second (``T = 1 + N // hop``).
+* Feature tensor layout ``(C_in, n_mels, T)``; channels, in order: ``channels`` log-mel maps,
+  then (``use_ild``) ``channels`` level-difference maps ``L_c - mean_c L_c`` (dB),
+  then (``use_gccphat``) one GCC-PHAT map per microphone pair ``(i, j), i < j``
+  (28 for 8 microphones), see :func:`gcc_phat`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from itertools import combinations
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from mmdistill_common.errors import ConfigError, InputError
+
+SPEED_OF_SOUND = 343.0
+
+__all__ = [
+    'FrontendConfig', 'PushResult', 'PushStatus', 'AudioRingBuffer', 'LogMel', 'Frontend',
+    'StreamingFrontend', 'gcc_phat', 'mic_pairs', 'chunk_to_array',
+]
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class FrontendConfig:
+    """Everything that defines the student's input features.  Stored in datasets/checkpoints.
+
+    ``gcc_max_lag`` (samples) defaults to the array's maximum inter-microphone delay,
+    ``ceil(array_aperture_m / 343 m/s * sample_rate)``; lags ``-L..L`` are kept and linearly
+    resampled onto the ``n_mels`` rows.  ``gcc_subwindows`` consecutive groups of STFT frames
+    each give one GCC-PHAT estimate, repeated over the group's frames on the time axis.
+    """
+
+    sample_rate: int = 44100
+    channels: int = 8
+    n_mels: int = 80
+    n_fft: int = 1024
+    hop: int = 256
+    fmin: float = 0.0
+    fmax: Optional[float] = None
+    window_s: float = 1.0
+    mode: str = 'centered'
+    use_ild: bool = False
+    use_gccphat: bool = False
+    array_aperture_m: float = 0.4
+    gcc_max_lag: Optional[int] = None
+    gcc_subwindows: int = 8
+    amin: float = 1e-10
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> 'FrontendConfig':
+        def bad(msg):
+            raise ConfigError(f'FrontendConfig: {msg}')
+        for name in ('sample_rate', 'channels', 'n_mels', 'n_fft', 'hop', 'gcc_subwindows'):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                bad(f'{name} must be a positive integer, got {v!r}')
+        if self.n_fft % 2:
+            bad(f'n_fft must be even, got {self.n_fft}')
+        if self.hop > self.n_fft:
+            bad(f'hop ({self.hop}) must not exceed n_fft ({self.n_fft})')
+        if self.mode not in ('centered', 'causal'):
+            bad(f"mode must be 'centered' or 'causal', got {self.mode!r}")
+        if not (isinstance(self.window_s, (int, float)) and math.isfinite(self.window_s)):
+            bad(f'window_s must be a number, got {self.window_s!r}')
+        if self.window_samples < self.n_fft:
+            bad(f'window_s * sample_rate ({self.window_samples}) must be >= n_fft ({self.n_fft})')
+        nyq = self.sample_rate / 2
+        fmax = nyq if self.fmax is None else self.fmax
+        if not (0 <= self.fmin < fmax <= nyq):
+            bad(f'need 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin}, fmax={self.fmax}')
+        if self.use_gccphat and self.channels < 2:
+            bad('use_gccphat needs at least 2 channels')
+        if self.gcc_max_lag is not None and not (0 <= int(self.gcc_max_lag) < self.n_fft // 2):
+            bad(f'gcc_max_lag must be in [0, n_fft/2), got {self.gcc_max_lag}')
+        if self.array_aperture_m <= 0:
+            bad(f'array_aperture_m must be > 0, got {self.array_aperture_m}')
+        if self.gcc_subwindows > self.n_frames:
+            bad(f'gcc_subwindows ({self.gcc_subwindows}) exceeds the number of frames ({self.n_frames})')
+        if not self.amin > 0:
+            bad(f'amin must be > 0, got {self.amin}')
+        return self
+
+    # derived quantities ------------------------------------------------------------------
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.window_s * self.sample_rate))
+
+    @property
+    def n_frames(self) -> int:
+        return 1 + self.window_samples // self.hop
+
+    @property
+    def n_pairs(self) -> int:
+        return self.channels * (self.channels - 1) // 2
+
+    @property
+    def max_lag(self) -> int:
+        if self.gcc_max_lag is not None:
+            return int(self.gcc_max_lag)
+        lag = int(math.ceil(self.array_aperture_m / SPEED_OF_SOUND * self.sample_rate))
+        return min(lag, self.n_fft // 2 - 1)
+
+    @property
+    def in_channels(self) -> int:
+        c = self.channels
+        if self.use_ild:
+            c += self.channels
+        if self.use_gccphat:
+            c += self.n_pairs
+        return c
+
+    def feature_shape(self) -> Tuple[int, int, int]:
+        """``(C_in, n_mels, T)`` of one window's features (``(8, 80, 173)`` by default)."""
+        return (self.in_channels, self.n_mels, self.n_frames)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> 'FrontendConfig':
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f'FrontendConfig: unknown keys {sorted(unknown)}')
+        return cls(**d)
+
+
+def mic_pairs(channels: int) -> List[Tuple[int, int]]:
+    """Microphone pairs ``(i, j), i < j`` in the order of the GCC-PHAT feature channels."""
+    return list(combinations(range(channels), 2))
+
+
+# --------------------------------------------------------------------------------------------
+# ring buffer
+# --------------------------------------------------------------------------------------------
+
+class PushStatus(str, enum.Enum):
+    FIRST = 'first'              # first chunk (or first after a reset): starts a segment
+    OK = 'ok'                    # contiguous within tolerance
+    GAP = 'gap'                  # stamp later than expected: continuity reset, old data dropped
+    OVERLAP = 'overlap'          # stamp earlier than expected: overlapping samples dropped
+    OUT_OF_ORDER = 'out_of_order'  # stamp before the previous chunk's start: chunk dropped
+
+
+@dataclasses.dataclass
+class PushResult:
+    status: PushStatus
+    accepted: int            # samples appended
+    dropped: int             # samples of this chunk discarded
+    offset_ns: int           # stamp minus expected stamp (0 for FIRST)
+    message: str = ''
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (PushStatus.OK, PushStatus.FIRST)
+
+
+def chunk_to_array(data, channels: int) -> np.ndarray:
+    """Interleaved S16LE bytes, 1-D interleaved int16, or ``(samples, channels)`` int16/float
+    -> float32 ``(samples, channels)`` in [-1, 1).  Raises :class:`InputError` on bad input."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = bytes(data)
+        if len(data) % (2 * channels):
+            raise InputError(f'audio chunk of {len(data)} bytes is not a whole number of '
+                             f'{channels}-channel S16LE frames')
+        arr = np.frombuffer(data, dtype='<i2').reshape(-1, channels)
+    else:
+        arr = np.asarray(data)
+        if arr.ndim == 1:
+            if arr.dtype != np.int16:
+                raise InputError(f'1-D audio must be interleaved int16, got {arr.dtype}')
+            if arr.size % channels:
+                raise InputError(f'{arr.size} interleaved samples is not a multiple of {channels} channels')
+            arr = arr.reshape(-1, channels)
+        if arr.ndim != 2 or arr.shape[1] != channels:
+            raise InputError(f'audio chunk must be (samples, {channels}), got shape {arr.shape}')
+    if arr.dtype == np.int16:
+        return arr.astype(np.float32) / 32768.0
+    if arr.dtype.kind == 'f':
+        out = arr.astype(np.float32)
+        if not np.all(np.isfinite(out)):
+            raise InputError('audio chunk contains NaN or infinite samples')
+        return out
+    raise InputError(f'unsupported audio sample type {arr.dtype} (expected int16 or float)')
+
+
+class AudioRingBuffer:
+    """Bounded buffer of the most recent ``capacity_s`` of contiguous multichannel audio.
+
+    ``push(chunk, stamp_ns)`` checks the stamp against the one predicted from the previous
+    chunk (``prev_stamp + prev_samples / sample_rate``):
+
+    * ``|offset| <= tolerance_ns`` -> ``OK``; the sample timeline is re-anchored on the new
+      stamp (so slow clock drift between the sample clock and the stamps does not accumulate).
+    * ``offset > tolerance`` -> ``GAP``: samples are missing.  Continuity is *reset*: buffered
+      audio is discarded and a new segment starts at this chunk (no silent zero padding, so no
+      window ever spans the gap).
+    * ``offset < -tolerance`` and ``stamp >= previous chunk's stamp`` -> ``OVERLAP``: the chunk
+      repeats already buffered samples; those leading samples are dropped and the rest appended.
+    * ``stamp < previous chunk's stamp`` -> ``OUT_OF_ORDER``: the chunk is dropped.
+
+    ``tolerance_ns`` defaults to 1 ms and is never below half a sample period.
+    Memory is bounded by ``capacity_s`` (float32 storage).
+    """
+
+    def __init__(self, channels: int = 8, sample_rate: int = 44100, capacity_s: float = 5.0,
+                 tolerance_ns: Optional[int] = None):
+        if channels <= 0 or sample_rate <= 0 or capacity_s <= 0:
+            raise ConfigError('AudioRingBuffer: channels, sample_rate, capacity_s must be > 0')
+        self.channels = int(channels)
+        self.sample_rate = int(sample_rate)
+        self.capacity = int(math.ceil(capacity_s * sample_rate))
+        half_period = int(math.ceil(0.5e9 / sample_rate))
+        tol = 1_000_000 if tolerance_ns is None else int(tolerance_ns)
+        self.tolerance_ns = max(tol, half_period)
+        self._buf = np.zeros((self.capacity, self.channels), np.float32)
+        self.segment_id = -1        # increments on every (re)start of continuity
+        self.reset()
+
+    # state ---------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget all audio; the next push starts a new segment."""
+        self._count = 0             # samples written in the current segment
+        self._anchor_idx = 0        # segment index of the sample stamped _anchor_ns
+        self._anchor_ns = None
+        self._last_stamp = None
+        self._expected_ns = None
+
+    @property
+    def started(self) -> bool:
+        return self._anchor_ns is not None
+
+    @property
+    def end_index(self) -> int:
+        """Segment index one past the newest sample."""
+        return self._count
+
+    @property
+    def start_index(self) -> int:
+        """Segment index of the oldest buffered sample."""
+        return max(0, self._count - self.capacity)
+
+    def index_to_stamp(self, index: int) -> int:
+        if self._anchor_ns is None:
+            raise InputError('AudioRingBuffer is empty')
+        return int(self._anchor_ns + round((index - self._anchor_idx) * 1e9 / self.sample_rate))
+
+    def stamp_to_index(self, stamp_ns: int) -> int:
+        """Segment index of the sample captured at ``stamp_ns`` (nearest)."""
+        if self._anchor_ns is None:
+            raise InputError('AudioRingBuffer is empty')
+        return self._anchor_idx + int(round((int(stamp_ns) - self._anchor_ns) * self.sample_rate / 1e9))
+
+    # input -----------------------------------------------------------------------------------
+    def push(self, chunk, stamp_ns: int) -> PushResult:
+        """Append a chunk (see :func:`chunk_to_array` for accepted forms) whose first sample was
+        captured at ``stamp_ns``.  Returns a :class:`PushResult`; raises :class:`InputError`
+        for malformed data (wrong channel count, odd byte length, NaN)."""
+        x = chunk_to_array(chunk, self.channels)
+        stamp_ns = int(stamp_ns)
+        n = len(x)
+        if self._anchor_ns is None:
+            self.segment_id += 1
+            self._anchor_idx, self._anchor_ns = 0, stamp_ns
+            self._append(x)
+            self._after(stamp_ns, n)
+            return PushResult(PushStatus.FIRST, n, 0, 0, 'new segment')
+        offset = stamp_ns - self._expected_ns
+        if abs(offset) <= self.tolerance_ns:
+            self._anchor_idx, self._anchor_ns = self._count, stamp_ns
+            self._append(x)
+            self._after(stamp_ns, n)
+            return PushResult(PushStatus.OK, n, 0, offset)
+        if offset > 0:
+            self.reset()
+            self.segment_id += 1
+            self._anchor_idx, self._anchor_ns = 0, stamp_ns
+            self._append(x)
+            self._after(stamp_ns, n)
+            return PushResult(PushStatus.GAP, n, 0, offset,
+                              f'gap of {offset / 1e6:.3f} ms: continuity reset')
+        if stamp_ns < self._last_stamp:
+            return PushResult(PushStatus.OUT_OF_ORDER, 0, n, offset,
+                              f'stamp {stamp_ns} before previous chunk {self._last_stamp}: dropped')
+        overlap = int(round(-offset * self.sample_rate / 1e9))
+        keep = x[overlap:]
+        if len(keep):
+            new_stamp = stamp_ns + int(round(overlap * 1e9 / self.sample_rate))
+            self._anchor_idx, self._anchor_ns = self._count, new_stamp
+            self._append(keep)
+            self._after(new_stamp, len(keep))
+        return PushResult(PushStatus.OVERLAP, len(keep), n - len(keep), offset,
+                          f'overlap of {-offset / 1e6:.3f} ms: {n - len(keep)} samples dropped')
+
+    def _after(self, stamp_ns: int, n: int) -> None:
+        self._last_stamp = stamp_ns
+        self._expected_ns = stamp_ns + int(round(n * 1e9 / self.sample_rate))
+
+    def _append(self, x: np.ndarray) -> None:
+        n = len(x)
+        if n >= self.capacity:
+            x = x[-self.capacity:]
+            start = self._count + n - self.capacity
+        else:
+            start = self._count
+        pos = start % self.capacity
+        k = len(x)
+        first = min(k, self.capacity - pos)
+        self._buf[pos:pos + first] = x[:first]
+        if first < k:
+            self._buf[:k - first] = x[first:]
+        self._count += n
+
+    # output ----------------------------------------------------------------------------------
+    def read(self, start: int, n: int) -> Optional[np.ndarray]:
+        """Samples ``[start, start + n)`` of the current segment as float32 ``(channels, n)``,
+        or ``None`` if not all of them are buffered."""
+        if not self.started or start < self.start_index or start + n > self._count or n <= 0:
+            return None
+        pos = start % self.capacity
+        first = min(n, self.capacity - pos)
+        out = np.empty((self.channels, n), np.float32)
+        out[:, :first] = self._buf[pos:pos + first].T
+        if first < n:
+            out[:, first:] = self._buf[:n - first].T
+        return out
+
+    def window_start(self, stamp_ns: int, mode: str, n_samples: int) -> int:
+        """Segment index of the first sample of the window for ``stamp_ns``."""
+        idx = self.stamp_to_index(stamp_ns)
+        if mode == 'causal':
+            return idx - n_samples
+        if mode == 'centered':
+            return idx - n_samples // 2
+        raise ConfigError(f"mode must be 'centered' or 'causal', got {mode!r}")
+
+    def window(self, stamp_ns: int, mode: str = 'centered', window_s: float = 1.0) -> Optional[np.ndarray]:
+        """The ``window_s`` window for ``stamp_ns`` (end for ``causal``, centre for ``centered``)
+        as float32 ``(channels, N)``, or ``None`` if the buffer does not fully cover it."""
+        if not self.started:
+            return None
+        n = int(round(window_s * self.sample_rate))
+        return self.read(self.window_start(stamp_ns, mode, n), n)
+
+
+# --------------------------------------------------------------------------------------------
+# log-mel and inter-microphone features
+# --------------------------------------------------------------------------------------------
+
+def _mel_basis(cfg: FrontendConfig) -> np.ndarray:
+    import librosa
+    return librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels,
+                               fmin=cfg.fmin, fmax=cfg.fmax).astype(np.float32)
+
+
+def _lag_resample_matrix(n_lags: int, n_rows: int) -> np.ndarray:
+    """(n_rows, n_lags) linear interpolation of a lag axis onto ``n_rows`` rows."""
+    pos = np.linspace(0, n_lags - 1, n_rows) if n_lags > 1 else np.zeros(n_rows)
+    m = np.zeros((n_rows, n_lags), np.float32)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, n_lags - 1)
+    w = (pos - lo).astype(np.float32)
+    m[np.arange(n_rows), lo] += 1 - w
+    m[np.arange(n_rows), hi] += w
+    return m
+
+
+def gcc_phat(spec: torch.Tensor, max_lag: int, n_fft: int, subwindows: int = 1,
+             pairs: Optional[Sequence[Tuple[int, int]]] = None, eps: float = 1e-12) -> torch.Tensor:
+    """GCC-PHAT per microphone pair and sub-window from STFT frames.
+
+    ``spec``: complex ``(C, T, F)`` (``F = n_fft // 2 + 1``).  The T frames are split into
+    ``subwindows`` consecutive groups (sizes as ``np.array_split``); for each group and pair
+    ``(i, j)`` the cross-spectrum ``G = sum_t X_i X_j^*`` is PHAT-weighted, ``G / |G|``, and
+    inverse-transformed.  Returns float ``(P, subwindows, 2 * max_lag + 1)`` for lags
+    ``-max_lag..max_lag``.  Sign convention: if channel ``j`` is channel ``i`` delayed by ``d``
+    samples (``x_j[n] = x_i[n - d]``), the peak is at lag ``-d``; i.e. the peak lag is
+    ``delay(i) - delay(j)``.
+    """
+    C, T, F = spec.shape
+    if pairs is None:
+        pairs = mic_pairs(C)
+    ii = torch.tensor([p[0] for p in pairs])
+    jj = torch.tensor([p[1] for p in pairs])
+    sizes = [len(a) for a in np.array_split(np.arange(T), subwindows)]
+    cross = spec[ii] * spec[jj].conj()                         # (P, T, F)
+    groups = torch.stack([g.sum(dim=1) for g in torch.split(cross, sizes, dim=1)], dim=1)
+    groups = groups / (groups.abs() + eps)                     # PHAT
+    r = torch.fft.irfft(groups, n=n_fft, dim=-1)               # (P, S, n_fft), circular lags
+    return torch.cat([r[..., n_fft - max_lag:], r[..., :max_lag + 1]], dim=-1)
+
+
+class LogMel(torch.nn.Module):
+    """Log-mel spectrogram in torch, equal (to float32 rounding) to
+    ``librosa.power_to_db(librosa.feature.melspectrogram(y, sr, n_fft, hop, n_mels,
+    center=True, pad_mode='constant'), ref=1.0, amin=amin, top_db=None)``.
+
+    ``forward(x)``: float ``(..., N)`` -> ``(..., n_mels, 1 + N // hop)`` in dB.
+    """
+
+    def __init__(self, cfg: Optional[FrontendConfig] = None):
+        super().__init__()
+        self.cfg = cfg or FrontendConfig()
+        self.register_buffer('window', torch.hann_window(self.cfg.n_fft, periodic=True), persistent=False)
+        self.register_buffer('mel_basis', torch.from_numpy(_mel_basis(self.cfg)), persistent=False)
+
+    def spectra(self, frames: torch.Tensor) -> torch.Tensor:
+        """Windowed real frames ``(..., n_fft)`` -> complex spectra ``(..., F)``."""
+        return torch.fft.rfft(frames * self.window, dim=-1)
+
+    def mel_power(self, spec: torch.Tensor) -> torch.Tensor:
+        """Complex spectra ``(..., F)`` -> mel power ``(..., n_mels)``."""
+        power = spec.real.square() + spec.imag.square()
+        return power @ self.mel_basis.T
+
+    def to_db(self, mel_power: torch.Tensor) -> torch.Tensor:
+        return 10.0 * torch.log10(torch.clamp(mel_power, min=self.cfg.amin))
+
+    def frames(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., N)`` -> centred, zero-padded frames ``(..., T, n_fft)``."""
+        half = self.cfg.n_fft // 2
+        xp = torch.nn.functional.pad(x, (half, half))
+        return xp.unfold(-1, self.cfg.n_fft, self.cfg.hop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spec = self.spectra(self.frames(x))
+        return self.to_db(self.mel_power(spec)).transpose(-1, -2)
+
+
+class Frontend(torch.nn.Module):
+    """Window ``(C, N)`` or ``(B, C, N)`` float -> features ``(B, C_in, n_mels, T)``.
+
+    Optional per-feature-channel normalisation ``(x - mean) / std`` with ``set_stats``
+    (stats of shape ``(C_in,)``, e.g. computed over the training set)."""
+
+    def __init__(self, cfg: Optional[FrontendConfig] = None):
+        super().__init__()
+        self.cfg = (cfg or FrontendConfig()).validate()
+        self.logmel = LogMel(self.cfg)
+        self.pairs = mic_pairs(self.cfg.channels)
+        self.register_buffer('lag_to_mel', torch.from_numpy(
+            _lag_resample_matrix(2 * self.cfg.max_lag + 1, self.cfg.n_mels)), persistent=False)
+        self.register_buffer('mean', torch.zeros(self.cfg.in_channels))
+        self.register_buffer('std', torch.ones(self.cfg.in_channels))
+        self.normalize = False
+        self._gcc_sizes = [len(a) for a in np.array_split(np.arange(self.cfg.n_frames),
+                                                          self.cfg.gcc_subwindows)]
+
+    def set_stats(self, mean, std) -> None:
+        mean = torch.as_tensor(np.asarray(mean, np.float32)).reshape(-1)
+        std = torch.as_tensor(np.asarray(std, np.float32)).reshape(-1)
+        if mean.numel() != self.cfg.in_channels or std.numel() != self.cfg.in_channels:
+            raise ConfigError(f'normalisation stats must have {self.cfg.in_channels} entries')
+        if not torch.all(std > 0):
+            raise ConfigError('normalisation std must be > 0')
+        self.mean.copy_(mean)
+        self.std.copy_(std)
+        self.normalize = True
+
+    def check_window(self, x) -> torch.Tensor:
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if x.ndim == 2:
+            x = x.unsqueeze(0)
+        cfg = self.cfg
+        if x.ndim != 3 or x.shape[1] != cfg.channels or x.shape[2] != cfg.window_samples:
+            raise InputError(f'window must be ({cfg.channels}, {cfg.window_samples}) or '
+                             f'(B, {cfg.channels}, {cfg.window_samples}), got {tuple(x.shape)}')
+        if not torch.isfinite(x).all():
+            raise InputError('window contains NaN or infinite samples')
+        return x
+
+    def from_frames(self, mel_power: torch.Tensor, spec: Optional[torch.Tensor]) -> torch.Tensor:
+        """Assemble features from per-frame mel power ``(B, C, T, n_mels)`` and, when GCC-PHAT
+        is used, complex spectra ``(B, C, T, F)``."""
+        cfg = self.cfg
+        logmel = self.logmel.to_db(mel_power).transpose(-1, -2)        # (B, C, M, T)
+        parts = [logmel]
+        if cfg.use_ild:
+            parts.append(logmel - logmel.mean(dim=1, keepdim=True))
+        if cfg.use_gccphat:
+            maps = []
+            for b in range(spec.shape[0]):
+                g = gcc_phat(spec[b], cfg.max_lag, cfg.n_fft, cfg.gcc_subwindows, self.pairs)
+                g = g @ self.lag_to_mel.T                              # (P, S, M)
+                g = torch.repeat_interleave(g, torch.tensor(self._gcc_sizes), dim=1)
+                maps.append(g.transpose(-1, -2))                       # (P, M, T)
+            parts.append(torch.stack(maps))
+        out = torch.cat(parts, dim=1) if len(parts) > 1 else logmel
+        if self.normalize:
+            out = (out - self.mean[:, None, None]) / self.std[:, None, None]
+        return out
+
+    def forward(self, x) -> torch.Tensor:
+        x = self.check_window(x)
+        spec = self.logmel.spectra(self.logmel.frames(x))             # (B, C, T, F)
+        mel = self.logmel.mel_power(spec)
+        return self.from_frames(mel, spec if self.cfg.use_gccphat else None)
+
+    @torch.no_grad()
+    def compute(self, window: np.ndarray) -> np.ndarray:
+        """numpy ``(C, N)`` window -> numpy ``(C_in, n_mels, T)`` features."""
+        return self.forward(window)[0].numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# streaming
+# --------------------------------------------------------------------------------------------
+
+class StreamingFrontend:
+    """Ring buffer + frontend that reuses STFT frames between overlapping windows.
+
+    Windows are placed on the hop grid of the current audio segment: the window start for a
+    requested stamp is rounded to the nearest multiple of ``hop`` samples (at most
+    ``hop / 2`` = 2.9 ms off), so consecutive windows share their interior STFT frames.
+    Interior frames (those not touching the window's zero padding) depend only on the samples
+    they cover and are cached per segment frame index; the ``2 * ceil(n_fft / 2 / hop)`` edge
+    frames are recomputed for every window.  The result equals :class:`Frontend` applied to the
+    same samples (returned alongside) up to float rounding.
+
+    Typical use (a 1-s window every 100 ms)::
+
+        sf = StreamingFrontend(cfg)
+        sf.push(chunk, stamp_ns)           # PushResult; a gap clears the cache
+        out = sf.compute(stamp_ns)         # None or (features (C_in, M, T), window_stamp_ns)
+    """
+
+    def __init__(self, cfg: Optional[FrontendConfig] = None, capacity_s: float = 3.0,
+                 tolerance_ns: Optional[int] = None, frontend: Optional[Frontend] = None):
+        self.cfg = (cfg or FrontendConfig()).validate()
+        self.frontend = frontend if frontend is not None else Frontend(self.cfg)
+        self.buffer = AudioRingBuffer(self.cfg.channels, self.cfg.sample_rate,
+                                      max(capacity_s, self.cfg.window_s + 0.5), tolerance_ns)
+        half = self.cfg.n_fft // 2
+        self._k_lo = -(-half // self.cfg.hop)                              # first interior frame
+        self._k_hi = (self.cfg.window_samples - half) // self.cfg.hop      # last interior frame
+        self._cache: Dict[int, Tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
+        self._segment = None
+        self.frames_computed = 0          # STFT frames computed so far (for tests/benchmarks)
+        self.last_window: Optional[np.ndarray] = None
+
+    def push(self, chunk, stamp_ns: int) -> PushResult:
+        res = self.buffer.push(chunk, stamp_ns)
+        if self.buffer.segment_id != self._segment:
+            self._cache.clear()
+            self._segment = self.buffer.segment_id
+        return res
+
+    def reset(self) -> None:
+        self.buffer.reset()
+        self._cache.clear()
+
+    @torch.no_grad()
+    def compute(self, stamp_ns: int, mode: Optional[str] = None
+                ) -> Optional[Tuple[np.ndarray, int]]:
+        """Features of the window for ``stamp_ns`` (snapped to the hop grid) and the stamp the
+        window actually corresponds to (its end for causal, centre for centered), or ``None``
+        when the buffer does not cover it."""
+        cfg, buf = self.cfg, self.buffer
+        mode = mode or cfg.mode
+        if not buf.started:
+            return None
+        n = cfg.window_samples
+        start = buf.window_start(stamp_ns, mode, n)
+        start = int(round(start / cfg.hop)) * cfg.hop
+        x = buf.read(start, n)
+        if x is None:
+            return None
+        self.last_window = x
+        lm = self.frontend.logmel
+        want_spec = cfg.use_gccphat
+        base = start // cfg.hop
+        # interior frames: cached by segment frame index
+        missing = [k for k in range(self._k_lo, self._k_hi + 1) if base + k not in self._cache]
+        if missing:
+            half = cfg.n_fft // 2
+            xt = torch.from_numpy(x)
+            idx = torch.tensor(missing) * cfg.hop - half
+            frames = xt[:, idx[:, None] + torch.arange(cfg.n_fft)]         # (C, m, n_fft)
+            spec = lm.spectra(frames)
+            mel = lm.mel_power(spec)
+            for i, k in enumerate(missing):
+                self._cache[base + k] = (mel[:, i], spec[:, i] if want_spec else None)
+            self.frames_computed += len(missing)
+        # edge frames: depend on the window's zero padding
+        edge = list(range(0, self._k_lo)) + list(range(self._k_hi + 1, cfg.n_frames))
+        all_frames = lm.frames(torch.from_numpy(x))                        # (C, T, n_fft) view
+        e_spec = lm.spectra(all_frames[:, edge])
+        e_mel = lm.mel_power(e_spec)
+        self.frames_computed += len(edge)
+        mels, specs = [None] * cfg.n_frames, [None] * cfg.n_frames
+        for i, k in enumerate(edge):
+            mels[k] = e_mel[:, i]
+            specs[k] = e_spec[:, i]
+        for k in range(self._k_lo, self._k_hi + 1):
+            mels[k], specs[k] = self._cache[base + k]
+        mel = torch.stack(mels, dim=1)[None]                                # (1, C, T, M)
+        spec = torch.stack(specs, dim=1)[None] if want_spec else None
+        for key in [key for key in self._cache if key < base + self._k_lo]:
+            del self._cache[key]
+        feats = self.frontend.from_frames(mel, spec)[0].numpy()
+        at = start + n if mode == 'causal' else start + n // 2
+        return feats, buf.index_to_stamp(at)

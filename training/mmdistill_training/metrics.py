@@ -1,0 +1,398 @@
+"""Detection and tracking metrics (DESIGN §8): the one implementation used by
+tests, reports and benchmarks.
+
+Inputs are per-frame lists of the same length:
+
+* a prediction frame is a mapping ``{'boxes': (N, 4), 'scores': (N,), 'labels': (N,) optional}``
+* a ground-truth frame is a mapping ``{'boxes': (M, 4), 'labels': (M,) optional}``
+* a track frame (for :func:`mot_metrics`) is ``{'boxes': (K, 4), 'ids': (K,)}``
+
+Boxes are float pixel ``x1, y1, x2, y2`` (see :mod:`mmdistill_common.boxes`).
+Every function returns plain dicts of Python floats / ints / lists (JSON-serialisable).
+
+Conventions
+-----------
+* Matching for AP: per frame, detections in descending score order (stable, so
+  ties keep input order); each detection takes the unmatched ground truth with
+  the highest IoU, provided that IoU >= the threshold; each ground truth is
+  matched at most once. Detections of all frames are then ranked by score
+  (stable over the frame-by-frame concatenation, like pycocotools).
+* ``AP50``, ``AP75``, ``mAP_avg``: VOC all-point interpolation (area under the
+  monotone precision envelope). ``mAP_avg`` averages IoU 0.50:0.05:0.90, the
+  range of the MM-DistillNet reference implementation.
+* ``coco_AP``, ``coco_AP50``, ``coco_AP75``: COCO 101-point interpolation,
+  ``coco_AP`` over IoU 0.50:0.05:0.95; these agree with ``pycocotools``
+  (area 'all', unlimited detections per image).
+* No ground truth at all (for the class or the subset): every AP is **NaN**
+  (recall is undefined), never 0 or 1. Ground truth but no predictions: AP 0.
+* Centre distance ``CDx`` / ``CDy``: mean absolute difference of the box
+  centres of matched pairs along x / y, in percent of the image width / height.
+  Pairs come from the same greedy matching at IoU >= 0.5 (``cd_iou_threshold``).
+  ``cd_paper_x`` / ``cd_paper_y`` reproduce what the reference code computes
+  under that name (mean absolute difference of box *widths* / *heights* of the
+  matched pairs, in percent of image width / height); they exist only for
+  comparison with published numbers. NaN when nothing is matched.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from mmdistill_common.boxes import as_boxes, iou_matrix, xyxy_to_cxcywh
+
+__all__ = [
+    'VOC_AVG_IOUS', 'COCO_IOUS', 'COCO_RECALL_THRESHOLDS',
+    'match_frame', 'voc_ap', 'coco_ap', 'detection_ap', 'centre_distance',
+    'evaluate_detections', 'mot_metrics', 'evaluate_by_condition',
+]
+
+#: IoU thresholds of ``mAP_avg``: 0.50:0.05:0.90 (the reference implementation's range).
+VOC_AVG_IOUS = np.linspace(0.5, 0.9, 9)
+#: IoU thresholds of COCO AP@[.50:.95], exactly as pycocotools builds them.
+COCO_IOUS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
+#: COCO's 101 recall points.
+COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, int(np.round((1.0 - 0.0) / 0.01)) + 1, endpoint=True)
+
+_NAN = float('nan')
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def _check_boxes(boxes, what: str) -> np.ndarray:
+    try:
+        b = as_boxes(boxes)
+    except ValueError as exc:
+        raise ValueError(f'{what}: {exc}') from None
+    if not np.all(np.isfinite(b)):
+        raise ValueError(f'{what}: boxes contain NaN or inf')
+    return b
+
+
+def _pred_frame(frame: Mapping, i: int) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    if not isinstance(frame, Mapping):
+        raise ValueError(f'prediction frame {i} must be a mapping with boxes/scores, got {type(frame).__name__}')
+    b = _check_boxes(frame.get('boxes', ()), f'prediction frame {i}')
+    s = np.asarray(frame.get('scores', ()), dtype=np.float64).reshape(-1)
+    if len(s) != len(b):
+        raise ValueError(f'prediction frame {i}: {len(b)} boxes but {len(s)} scores')
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f'prediction frame {i}: scores contain NaN or inf')
+    labels = frame.get('labels')
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        if len(labels) != len(b):
+            raise ValueError(f'prediction frame {i}: {len(b)} boxes but {len(labels)} labels')
+    return b, s, labels
+
+
+def _gt_frame(frame: Mapping, i: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    if not isinstance(frame, Mapping):
+        raise ValueError(f'ground-truth frame {i} must be a mapping with boxes, got {type(frame).__name__}')
+    b = _check_boxes(frame.get('boxes', ()), f'ground-truth frame {i}')
+    labels = frame.get('labels')
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        if len(labels) != len(b):
+            raise ValueError(f'ground-truth frame {i}: {len(b)} boxes but {len(labels)} labels')
+    return b, labels
+
+
+def _frames(predictions: Sequence[Mapping], ground_truths: Sequence[Mapping]):
+    if len(predictions) != len(ground_truths):
+        raise ValueError(f'{len(predictions)} prediction frames but {len(ground_truths)} ground-truth frames')
+    preds = [_pred_frame(p, i) for i, p in enumerate(predictions)]
+    gts = [_gt_frame(g, i) for i, g in enumerate(ground_truths)]
+    return preds, gts
+
+
+# ----------------------------------------------------------------------------- matching / AP
+
+def match_frame(pred_boxes, pred_scores, gt_boxes, iou_threshold: float = 0.5) -> np.ndarray:
+    """Greedy matching of one frame.
+
+    Returns, for each prediction in **input order**, the index of the matched
+    ground truth or -1. Predictions are processed by descending score (stable);
+    each takes the unmatched ground truth of highest IoU with IoU >= threshold.
+    """
+    pb, gb = as_boxes(pred_boxes), as_boxes(gt_boxes)
+    s = np.asarray(pred_scores, dtype=np.float64).reshape(-1)
+    match = np.full(len(pb), -1, dtype=np.int64)
+    if len(pb) == 0 or len(gb) == 0:
+        return match
+    ious = iou_matrix(pb, gb)
+    taken = np.zeros(len(gb), dtype=bool)
+    for d in np.argsort(-s, kind='mergesort'):
+        row = np.where(taken, -1.0, ious[d])
+        g = int(np.argmax(row))
+        if row[g] >= iou_threshold:
+            match[d] = g
+            taken[g] = True
+    return match
+
+
+def _ranked_tp(preds, gts, iou_threshold: float) -> Tuple[np.ndarray, np.ndarray]:
+    """TP flags and scores of all detections, ranked like pycocotools."""
+    tps, scores = [], []
+    for (pb, ps, _), (gb, _) in zip(preds, gts):
+        order = np.argsort(-ps, kind='mergesort')
+        m = match_frame(pb, ps, gb, iou_threshold)
+        tps.append(m[order] >= 0)
+        scores.append(ps[order])
+    tp = np.concatenate(tps) if tps else np.zeros(0, dtype=bool)
+    sc = np.concatenate(scores) if scores else np.zeros(0)
+    rank = np.argsort(-sc, kind='mergesort')
+    return tp[rank], sc[rank]
+
+
+def _pr(tp: np.ndarray, num_gt: int) -> Tuple[np.ndarray, np.ndarray]:
+    ctp = np.cumsum(tp, dtype=np.float64)
+    cfp = np.cumsum(~tp, dtype=np.float64)
+    recall = ctp / num_gt
+    precision = ctp / (ctp + cfp + np.spacing(1))
+    return recall, precision
+
+
+def voc_ap(recall, precision) -> float:
+    """VOC all-point interpolated AP from a ranked precision/recall curve."""
+    mrec = np.concatenate([[0.0], np.asarray(recall, dtype=np.float64), [1.0]])
+    mpre = np.concatenate([[0.0], np.asarray(precision, dtype=np.float64), [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    idx = np.where(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
+
+
+def coco_ap(recall, precision) -> float:
+    """COCO 101-point interpolated AP (as pycocotools' ``accumulate``)."""
+    rc = np.asarray(recall, dtype=np.float64)
+    pr = np.maximum.accumulate(np.asarray(precision, dtype=np.float64)[::-1])[::-1]
+    inds = np.searchsorted(rc, COCO_RECALL_THRESHOLDS, side='left')
+    q = np.zeros(len(COCO_RECALL_THRESHOLDS))
+    ok = inds < len(pr)
+    q[ok] = pr[inds[ok]]
+    return float(q.mean())
+
+
+def _ap_block(preds, gts, return_curves: bool) -> Dict[str, Any]:
+    num_gt = int(sum(len(g[0]) for g in gts))
+    num_pred = int(sum(len(p[0]) for p in preds))
+    out: Dict[str, Any] = {'num_gt': num_gt, 'num_pred': num_pred}
+    cache: Dict[float, Tuple[float, float, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def at(t: float):
+        t = float(t)
+        if t not in cache:
+            if num_gt == 0:
+                cache[t] = (_NAN, _NAN, np.zeros(0), np.zeros(0), np.zeros(0))
+            else:
+                tp, sc = _ranked_tp(preds, gts, t)
+                rec, prec = _pr(tp, num_gt)
+                cache[t] = (voc_ap(rec, prec), coco_ap(rec, prec), rec, prec, sc)
+        return cache[t]
+
+    out['AP50'] = at(0.5)[0]
+    out['AP75'] = at(0.75)[0]
+    out['mAP_avg'] = float(np.mean([at(t)[0] for t in VOC_AVG_IOUS]))
+    out['coco_AP'] = float(np.mean([at(t)[1] for t in COCO_IOUS]))
+    out['coco_AP50'] = at(COCO_IOUS[0])[1]
+    out['coco_AP75'] = at(COCO_IOUS[5])[1]
+    if return_curves:
+        out['curves'] = {
+            f'{t:.2f}': {'recall': at(t)[2].tolist(), 'precision': at(t)[3].tolist(),
+                         'scores': at(t)[4].tolist()}
+            for t in (0.5, 0.75)}
+    return out
+
+
+def detection_ap(predictions: Sequence[Mapping], ground_truths: Sequence[Mapping], *,
+                 per_class: bool = True, return_curves: bool = False) -> Dict[str, Any]:
+    """Class-agnostic AP (keys ``AP50, AP75, mAP_avg, coco_AP, coco_AP50, coco_AP75,
+    num_gt, num_pred``) plus, when ``per_class`` and every frame of both lists has
+    labels, ``per_class: {str(label): {same keys}}`` and ``class_mean`` (mean over
+    the classes that have ground truth; NaN if none).
+
+    ``return_curves`` adds ``curves: {'0.50'|'0.75': {recall, precision, scores}}``
+    (ranked, one point per detection) for plotting.
+    """
+    preds, gts = _frames(predictions, ground_truths)
+    out = _ap_block(preds, gts, return_curves)
+    labelled = bool(preds) and all(p[2] is not None for p in preds) and all(g[1] is not None for g in gts)
+    if per_class and labelled:
+        classes = sorted({str(x) for p in preds for x in p[2]} | {str(x) for g in gts for x in g[1]})
+        out['per_class'] = {}
+        for c in classes:
+            cp = []
+            for b, s, lab in preds:
+                keep = np.array([str(x) == c for x in lab], dtype=bool)
+                cp.append((b[keep], s[keep], None))
+            cg = []
+            for b, lab in gts:
+                keep = np.array([str(x) == c for x in lab], dtype=bool)
+                cg.append((b[keep], None))
+            out['per_class'][c] = _ap_block(cp, cg, False)
+        keys = ('AP50', 'AP75', 'mAP_avg', 'coco_AP', 'coco_AP50', 'coco_AP75')
+        with_gt = [v for v in out['per_class'].values() if v['num_gt'] > 0]
+        out['class_mean'] = {k: (float(np.mean([v[k] for v in with_gt])) if with_gt else _NAN) for k in keys}
+    return out
+
+
+# ----------------------------------------------------------------------------- centre distance
+
+def centre_distance(predictions: Sequence[Mapping], ground_truths: Sequence[Mapping],
+                    image_size: Tuple[float, float], *, iou_threshold: float = 0.5,
+                    score_threshold: float = 0.0) -> Dict[str, float]:
+    """Centre distance of matched pairs, in percent of the image size.
+
+    ``image_size`` is ``(width, height)`` in pixels. Predictions with score
+    below ``score_threshold`` are ignored; the rest are matched with
+    :func:`match_frame` at ``iou_threshold`` (default 0.5). Returns ``CDx``,
+    ``CDy`` (headline: |centre difference| along x / y), ``cd_paper_x``,
+    ``cd_paper_y`` (the reference code's quantity: |width| / |height|
+    differences of the same pairs) and ``cd_matched`` (number of pairs).
+    Values are NaN when no pair is matched.
+    """
+    width, height = (float(v) for v in image_size)
+    if not (width > 0 and height > 0 and math.isfinite(width) and math.isfinite(height)):
+        raise ValueError(f'image_size must be positive finite (width, height), got {image_size}')
+    preds, gts = _frames(predictions, ground_truths)
+    dp, dg = [], []
+    for (pb, ps, _), (gb, _) in zip(preds, gts):
+        keep = ps >= score_threshold
+        pb, ps = pb[keep], ps[keep]
+        m = match_frame(pb, ps, gb, iou_threshold)
+        ok = m >= 0
+        if ok.any():
+            dp.append(xyxy_to_cxcywh(pb[ok]))
+            dg.append(xyxy_to_cxcywh(gb[m[ok]]))
+    if not dp:
+        return {'CDx': _NAN, 'CDy': _NAN, 'cd_paper_x': _NAN, 'cd_paper_y': _NAN, 'cd_matched': 0}
+    diff = np.abs(np.concatenate(dp) - np.concatenate(dg))
+    scale = np.array([width, height, width, height])
+    mean = diff.mean(axis=0) / scale * 100.0
+    return {'CDx': float(mean[0]), 'CDy': float(mean[1]),
+            'cd_paper_x': float(mean[2]), 'cd_paper_y': float(mean[3]),
+            'cd_matched': int(len(diff))}
+
+
+def evaluate_detections(predictions: Sequence[Mapping], ground_truths: Sequence[Mapping],
+                        image_size: Tuple[float, float], *, per_class: bool = True,
+                        return_curves: bool = False) -> Dict[str, Any]:
+    """:func:`detection_ap` and :func:`centre_distance` merged into one dict, plus ``num_frames``."""
+    out = detection_ap(predictions, ground_truths, per_class=per_class, return_curves=return_curves)
+    out.update(centre_distance(predictions, ground_truths, image_size))
+    out['num_frames'] = len(predictions)
+    return out
+
+
+# ----------------------------------------------------------------------------- tracking
+
+_MOT_NAMES = {
+    'mota': 'MOTA', 'motp': 'MOTP', 'idf1': 'IDF1', 'idp': 'IDP', 'idr': 'IDR',
+    'num_switches': 'ID_switches', 'num_fragmentations': 'fragmentations',
+    'num_false_positives': 'FP', 'num_misses': 'FN', 'precision': 'precision',
+    'recall': 'recall', 'num_objects': 'num_gt', 'num_unique_objects': 'num_gt_ids',
+    'mostly_tracked': 'mostly_tracked', 'partially_tracked': 'partially_tracked',
+    'mostly_lost': 'mostly_lost', 'num_frames': 'num_frames',
+}
+
+
+def _track_frame(frame: Mapping, i: int, what: str) -> Tuple[np.ndarray, np.ndarray]:
+    if not isinstance(frame, Mapping):
+        raise ValueError(f'{what} frame {i} must be a mapping with boxes/ids, got {type(frame).__name__}')
+    b = _check_boxes(frame.get('boxes', ()), f'{what} frame {i}')
+    ids = np.asarray(frame.get('ids', ()), dtype=object).reshape(-1)
+    if len(ids) != len(b):
+        raise ValueError(f'{what} frame {i}: {len(b)} boxes but {len(ids)} ids')
+    if len(set(ids.tolist())) != len(ids):
+        raise ValueError(f'{what} frame {i}: duplicate ids {ids.tolist()}')
+    return b, ids
+
+
+def mot_metrics(gt_tracks: Sequence[Mapping], hyp_tracks: Sequence[Mapping], *,
+                iou_threshold: float = 0.5) -> Dict[str, float]:
+    """CLEAR-MOT and ID metrics from ``motmetrics`` with IoU distance.
+
+    Frames ``{'boxes', 'ids'}``; a ground truth and a hypothesis may be paired
+    when IoU >= ``iou_threshold`` (distance 1 - IoU, NaN otherwise; the
+    distance matrix is built here because motmetrics 1.4.0's own
+    ``iou_matrix`` uses ``np.asfarray``, gone in NumPy 2).
+
+    Returns ``MOTA, MOTP (mean 1-IoU of matches), IDF1, IDP, IDR, ID_switches,
+    fragmentations, FP, FN, precision, recall, num_gt, num_gt_ids,
+    mostly_tracked, partially_tracked, mostly_lost, num_frames``. With no
+    ground truth at all MOTA / recall are NaN.
+    """
+    import motmetrics as mm  # imported lazily: pandas is slow to import
+
+    if len(gt_tracks) != len(hyp_tracks):
+        raise ValueError(f'{len(gt_tracks)} ground-truth frames but {len(hyp_tracks)} track frames')
+    acc = mm.MOTAccumulator(auto_id=True)
+    for i, (g, h) in enumerate(zip(gt_tracks, hyp_tracks)):
+        gb, gid = _track_frame(g, i, 'ground-truth')
+        hb, hid = _track_frame(h, i, 'track')
+        dist = 1.0 - iou_matrix(gb, hb)
+        dist[dist > 1.0 - iou_threshold] = np.nan
+        acc.update(gid.tolist(), hid.tolist(), dist)
+    mh = mm.metrics.create()
+    summary = mh.compute(acc, metrics=list(_MOT_NAMES), name='all')
+    out: Dict[str, float] = {}
+    for key, name in _MOT_NAMES.items():
+        v = summary[key].iloc[0]
+        out[name] = int(v) if key.startswith('num_') or key.startswith('mostly') or key == 'partially_tracked' \
+            else float(v)
+    if out['num_gt'] == 0:
+        out['MOTA'] = _NAN
+        out['recall'] = _NAN
+    return out
+
+
+# ----------------------------------------------------------------------------- conditions
+
+def evaluate_by_condition(predictions: Sequence[Mapping], ground_truths: Sequence[Mapping],
+                          conditions: Sequence[Mapping[str, Hashable]], image_size: Tuple[float, float], *,
+                          keys: Optional[Sequence[str]] = None,
+                          gt_tracks: Optional[Sequence[Mapping]] = None,
+                          hyp_tracks: Optional[Sequence[Mapping]] = None) -> Dict[str, Any]:
+    """Split frames by condition tags and report metrics per tag value.
+
+    ``conditions[i]`` tags frame ``i``, e.g. ``{'time_of_day': 'night', 'ego':
+    'driving', 'occluded': True}``. For every key (all keys seen, or ``keys``)
+    and every value of it, the frames carrying that value are evaluated with
+    :func:`evaluate_detections` (and :func:`mot_metrics` when track frames are
+    given; the selected frames are then treated as one sequence, so a gap
+    between them is not a missed frame). Frames lacking a key are left out of
+    that key's split. Values are keyed by ``str(value)`` (``True`` -> ``'True'``).
+
+    Returns ``{'all': {...}, 'by_condition': {key: {str(value): {...,
+    'num_frames': n}}}}``.
+    """
+    n = len(predictions)
+    if len(conditions) != n or len(ground_truths) != n:
+        raise ValueError(f'{n} prediction frames, {len(ground_truths)} ground-truth frames and '
+                         f'{len(conditions)} condition tags: all must be equal')
+    if (gt_tracks is None) != (hyp_tracks is None):
+        raise ValueError('give both gt_tracks and hyp_tracks, or neither')
+    if gt_tracks is not None and (len(gt_tracks) != n or len(hyp_tracks) != n):
+        raise ValueError(f'track frames ({len(gt_tracks)}, {len(hyp_tracks)}) must number {n}')
+    for i, c in enumerate(conditions):
+        if not isinstance(c, Mapping):
+            raise ValueError(f'condition tags of frame {i} must be a mapping, got {type(c).__name__}')
+
+    def run(idx: List[int]) -> Dict[str, Any]:
+        res = evaluate_detections([predictions[i] for i in idx], [ground_truths[i] for i in idx], image_size)
+        if gt_tracks is not None:
+            res['tracking'] = mot_metrics([gt_tracks[i] for i in idx], [hyp_tracks[i] for i in idx])
+        return res
+
+    if keys is None:
+        keys = sorted({k for c in conditions for k in c})
+    out: Dict[str, Any] = {'all': run(list(range(n))), 'by_condition': {}}
+    for k in keys:
+        groups: Dict[str, List[int]] = defaultdict(list)
+        for i, c in enumerate(conditions):
+            if k in c:
+                groups[str(c[k])].append(i)
+        out['by_condition'][str(k)] = {v: run(idx) for v, idx in sorted(groups.items())}
+    return out
