@@ -30,12 +30,12 @@ fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
 # 2. pinned dependencies (ROS 2 wheels, torch CPU, libraries)
-key=$(digest requirements.txt)
+key=$(digest requirements.txt requirements-runtime.txt)
 if ! fresh requirements "$key"; then
   say "installing pinned dependencies (first run: a few minutes, ~2 GB)"
   "${PIP[@]}" install -q --upgrade 'pip>=24'
   # torch first and alone: with it present, nothing later can pull a CUDA build
-  "${PIP[@]}" install -q "$(grep -E '^torch==' requirements.txt)"
+  "${PIP[@]}" install -q "$(grep -E "^torch==" requirements-runtime.txt)"
   "${PIP[@]}" install -q -r requirements.txt
   mark requirements "$key"
 fi

@@ -20,8 +20,8 @@ and increasing within one tracker instance.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -41,8 +41,9 @@ class Track:
     ``age``: frames since the track started (0 on its first frame).
     ``hits``: frames with an associated detection. ``time_since_update``:
     frames since the last associated detection (0 = detected this frame).
-    ``velocity``: (vx, vy) of the box centre in pixels per frame (0 for the
-    IoU tracker's first frame). ``stamp_s``: the stamp passed to ``update``.
+    ``velocity``: (vx, vy) of the box centre in pixels per frame (IoU tracker:
+    last displacement, 0 on the first frame; Kalman: the filter's estimate,
+    per ``frame_period_s`` when stamps are given). ``stamp_s``: the stamp passed to ``update``.
     """
     id: int
     box: np.ndarray
@@ -197,7 +198,7 @@ class KalmanTrackerParams:
     frame_period_s: float = 0.1     # nominal frame period; dt = stamp difference / this when stamps are given
     std_position: float = 1.0 / 20.0
     std_velocity: float = 1.0 / 160.0
-    init_velocity_std: float = 10.0  # initial velocity std, in units of std_velocity * size
+    init_velocity_std: float = 40.0  # initial velocity std in units of std_velocity * size (0.25 size/frame)
 
     def __post_init__(self):
         def check(ok: bool, msg: str):

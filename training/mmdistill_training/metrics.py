@@ -27,7 +27,8 @@ Conventions
   (recall is undefined), never 0 or 1. Ground truth but no predictions: AP 0.
 * Centre distance ``CDx`` / ``CDy``: mean absolute difference of the box
   centres of matched pairs along x / y, in percent of the image width / height.
-  Pairs come from the same greedy matching at IoU >= 0.5 (``cd_iou_threshold``).
+  Pairs come from the same greedy matching at IoU >= 0.5 (``iou_threshold`` of
+  :func:`centre_distance`).
   ``cd_paper_x`` / ``cd_paper_y`` reproduce what the reference code computes
   under that name (mean absolute difference of box *widths* / *heights* of the
   matched pairs, in percent of image width / height); they exist only for
@@ -329,12 +330,16 @@ def mot_metrics(gt_tracks: Sequence[Mapping], hyp_tracks: Sequence[Mapping], *,
     if len(gt_tracks) != len(hyp_tracks):
         raise ValueError(f'{len(gt_tracks)} ground-truth frames but {len(hyp_tracks)} track frames')
     acc = mm.MOTAccumulator(auto_id=True)
+    # ids of any hashable type are mapped to ints: motmetrics' frames want one numeric dtype
+    gmap: Dict[Hashable, int] = {}
+    hmap: Dict[Hashable, int] = {}
     for i, (g, h) in enumerate(zip(gt_tracks, hyp_tracks)):
         gb, gid = _track_frame(g, i, 'ground-truth')
         hb, hid = _track_frame(h, i, 'track')
         dist = 1.0 - iou_matrix(gb, hb)
-        dist[dist > 1.0 - iou_threshold] = np.nan
-        acc.update(gid.tolist(), hid.tolist(), dist)
+        dist[dist > 1.0 - iou_threshold + 1e-12] = np.nan   # IoU >= threshold allowed (float slack)
+        acc.update([gmap.setdefault(x, len(gmap)) for x in gid.tolist()],
+                   [hmap.setdefault(x, len(hmap)) for x in hid.tolist()], dist)
     mh = mm.metrics.create()
     summary = mh.compute(acc, metrics=list(_MOT_NAMES), name='all')
     out: Dict[str, float] = {}

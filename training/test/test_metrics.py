@@ -1,0 +1,365 @@
+import contextlib
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from mmdistill_training.metrics import (
+    COCO_IOUS, VOC_AVG_IOUS, centre_distance, coco_ap, detection_ap, evaluate_by_condition,
+    evaluate_detections, match_frame, mot_metrics, voc_ap)
+
+W, H = 640.0, 480.0
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def frame(boxes, scores=None, labels=None):
+    b = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    f = {'boxes': b}
+    if scores is not None:
+        f['scores'] = np.asarray(scores, dtype=float)
+    if labels is not None:
+        f['labels'] = list(labels)
+    return f
+
+
+def random_case(rng, n_frames=8, n_classes=1):
+    preds, gts = [], []
+    for _ in range(n_frames):
+        m = int(rng.integers(0, 5))
+        xy = rng.uniform(0, 500, (m, 2))
+        g = np.concatenate([xy, xy + rng.uniform(10, 100, (m, 2))], 1)
+        gl = rng.integers(0, n_classes, m)
+        k = int(rng.integers(0, 7)) if m else int(rng.integers(0, 2))
+        if m:
+            src = rng.integers(0, m, k)
+            p = g[src] + rng.normal(0, 8, (k, 4))
+            pl = np.where(rng.uniform(size=k) < 0.8, gl[src], rng.integers(0, n_classes, k))
+        else:
+            p = np.concatenate([rng.uniform(0, 500, (k, 2))] * 2, 1) + [0, 0, 40, 40]
+            pl = rng.integers(0, n_classes, k)
+        p[:, 2:] = np.maximum(p[:, 2:], p[:, :2] + 1)
+        preds.append(frame(p, rng.uniform(0, 1, k), pl.tolist()))
+        gts.append(frame(g, labels=gl.tolist()))
+    return preds, gts
+
+
+def pycocotools_ap(preds, gts, n_classes=1):
+    """AP from pycocotools: returns {cat: (AP, AP50, AP75)} (101-point, area all, no det limit)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    images = [{'id': i + 1, 'width': W, 'height': H} for i in range(len(gts))]
+    anns, dets = [], []
+    for i, (p, g) in enumerate(zip(preds, gts)):
+        for b, c in zip(g['boxes'], g['labels']):
+            w, h = b[2] - b[0], b[3] - b[1]
+            anns.append({'id': len(anns) + 1, 'image_id': i + 1, 'category_id': int(c) + 1,
+                         'bbox': [b[0], b[1], w, h], 'area': w * h, 'iscrowd': 0})
+        for b, s, c in zip(p['boxes'], p['scores'], p['labels']):
+            dets.append({'image_id': i + 1, 'category_id': int(c) + 1,
+                         'bbox': [b[0], b[1], b[2] - b[0], b[3] - b[1]], 'score': float(s)})
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {'images': images, 'annotations': anns,
+                      'categories': [{'id': c + 1, 'name': str(c)} for c in range(n_classes)]}
+        gt.createIndex()
+        dt = gt.loadRes(dets)
+        ev = COCOeval(gt, dt, 'bbox')
+        ev.params.iouThrs = COCO_IOUS
+        ev.params.maxDets = [1, 10, 100000]
+        ev.evaluate()
+        ev.accumulate()
+    out = {}
+    for k in range(n_classes):
+        pr = ev.eval['precision'][:, :, k, 0, -1]   # [T, R] area 'all', last maxDets
+        out[str(k)] = (pr.mean(), pr[0].mean(), pr[5].mean()) if np.all(pr > -1) else None
+    return out
+
+
+# ----------------------------------------------------------------------------- pycocotools agreement
+
+def test_coco_ap_matches_pycocotools_class_agnostic():
+    rng = np.random.default_rng(1)
+    checked = 0
+    for _ in range(25):
+        preds, gts = random_case(rng)
+        if not any(len(p['boxes']) for p in preds) or not any(len(g['boxes']) for g in gts):
+            continue
+        for f in preds + gts:
+            f['labels'] = [0] * len(f['boxes'])
+        ours = detection_ap(preds, gts)
+        ref = pycocotools_ap(preds, gts)['0']
+        assert ours['coco_AP'] == pytest.approx(ref[0], abs=1e-9)
+        assert ours['coco_AP50'] == pytest.approx(ref[1], abs=1e-9)
+        assert ours['coco_AP75'] == pytest.approx(ref[2], abs=1e-9)
+        checked += 1
+    assert checked >= 15
+
+
+def test_coco_ap_matches_pycocotools_per_class():
+    rng = np.random.default_rng(2)
+    for _ in range(6):
+        preds, gts = random_case(rng, n_frames=10, n_classes=3)
+        ours = detection_ap(preds, gts)['per_class']
+        ref = pycocotools_ap(preds, gts, n_classes=3)
+        for c, r in ref.items():
+            if r is None:   # pycocotools reports -1 where a class has no ground truth; we report NaN
+                assert c not in ours or math.isnan(ours[c]['coco_AP'])
+                continue
+            assert ours[c]['coco_AP'] == pytest.approx(r[0], abs=1e-9)
+            assert ours[c]['coco_AP50'] == pytest.approx(r[1], abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- hand-worked AP
+
+def test_voc_ap_hand_worked():
+    # 2 GT; detections by score: TP, FP, TP -> P = 1, 1/2, 2/3 ; R = 1/2, 1/2, 1
+    gt = [frame([[0, 0, 10, 10], [100, 100, 110, 110]])]
+    pr = [frame([[0, 0, 10, 10], [50, 50, 60, 60], [100, 100, 110, 110]], [0.9, 0.8, 0.7])]
+    r = detection_ap(pr, gt)
+    assert r['AP50'] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    assert r['AP75'] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    # COCO: 51 recall points in [0, .5] at precision 1, 50 in (.5, 1] at 2/3
+    assert r['coco_AP50'] == pytest.approx((51 + 50 * 2 / 3) / 101)
+    assert r['num_gt'] == 2 and r['num_pred'] == 3
+
+
+def test_voc_ap_duplicate_is_false_positive_and_order_matters():
+    gt = [frame([[0, 0, 10, 10]])]
+    # the duplicate has the higher score: FP first, then TP -> P = 0, 1/2 at R = 0, 1
+    pr = [frame([[0, 0, 10, 10], [0, 0, 10, 10]], [0.5, 0.9])]
+    assert detection_ap(pr, gt)['AP50'] == pytest.approx(1.0)      # first (0.9) matches, 0.5 is FP after R=1
+    pr = [frame([[50, 50, 60, 60], [0, 0, 10, 10]], [0.9, 0.5])]
+    assert detection_ap(pr, gt)['AP50'] == pytest.approx(0.5)       # FP then TP: precision 1/2 at recall 1
+
+
+def test_map_avg_range_and_coco_range():
+    gt = [frame([[0, 0, 100, 100]])]
+    pr = [frame([[0, 0, 100, 82]], [0.9])]                          # IoU 0.82
+    r = detection_ap(pr, gt)
+    np.testing.assert_allclose(VOC_AVG_IOUS, np.arange(0.5, 0.91, 0.05))
+    assert r['mAP_avg'] == pytest.approx(7 / 9)                     # 0.50..0.80 of 0.50..0.90
+    assert r['coco_AP'] == pytest.approx(7 / 10)                    # 0.50..0.80 of 0.50..0.95
+    assert r['AP50'] == pytest.approx(1.0) and r['AP75'] == pytest.approx(1.0)
+
+
+def test_match_frame_prefers_highest_iou_unmatched_gt():
+    gts = [[0, 0, 10, 10], [2, 0, 12, 10]]
+    preds = [[1, 0, 11, 10], [2, 0, 12, 10]]
+    # pred 0 (score .9) has IoU 0.818 with both; pred 1 (score .8) exact on gt 1
+    m = match_frame(preds, [0.9, 0.8], gts, 0.5)
+    assert sorted(m.tolist()) == [0, 1]
+    m = match_frame([[2, 0, 12, 10]], [0.9], gts, 0.5)
+    assert m.tolist() == [1]
+    assert match_frame([[0, 0, 10, 10]], [1.0], [[0, 0, 10, 4]], 0.5).tolist() == [-1]
+
+
+def test_ap_functions_on_curves():
+    assert voc_ap([0.5, 1.0], [1.0, 0.5]) == pytest.approx(0.75)
+    assert coco_ap([], []) == 0.0
+
+
+# ----------------------------------------------------------------------------- edge cases
+
+def test_no_ground_truth_gives_nan():
+    for preds in ([frame([[0, 0, 5, 5]], [0.9])], [frame([], [])]):
+        r = detection_ap(preds, [frame([])])
+        for k in ('AP50', 'AP75', 'mAP_avg', 'coco_AP', 'coco_AP50', 'coco_AP75'):
+            assert math.isnan(r[k]), k
+    r = detection_ap([], [])
+    assert math.isnan(r['AP50']) and r['num_gt'] == 0
+
+
+def test_no_predictions_gives_zero_ap_and_nan_cd():
+    gts = [frame([[0, 0, 10, 10]]), frame([])]
+    preds = [frame([], []), frame([], [])]
+    r = evaluate_detections(preds, gts, (W, H))
+    assert r['AP50'] == 0.0 and r['coco_AP'] == 0.0 and r['mAP_avg'] == 0.0
+    assert math.isnan(r['CDx']) and r['cd_matched'] == 0
+    assert r['num_frames'] == 2
+
+
+def test_empty_frames_do_not_change_ap():
+    rng = np.random.default_rng(3)
+    preds, gts = random_case(rng, n_frames=5)
+    a = detection_ap(preds, gts)
+    b = detection_ap(preds + [frame([], [])] * 3, gts + [frame([])] * 3)
+    for k in ('AP50', 'AP75', 'mAP_avg', 'coco_AP'):
+        assert a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k]))
+
+
+def test_bad_input_raises():
+    with pytest.raises(ValueError, match='prediction frames'):
+        detection_ap([frame([], [])], [])
+    with pytest.raises(ValueError, match='NaN'):
+        detection_ap([frame([[0, 0, np.nan, 1]], [0.5])], [frame([])])
+    with pytest.raises(ValueError, match='scores'):
+        detection_ap([frame([[0, 0, 1, 1]], [0.5, 0.6])], [frame([])])
+    with pytest.raises(ValueError, match=r'\(N, 4\)'):
+        detection_ap([frame([], [])], [{'boxes': np.zeros((2, 3))}])
+    with pytest.raises(ValueError, match='image_size'):
+        centre_distance([frame([], [])], [frame([])], (0, 480))
+
+
+def test_results_are_json_serialisable():
+    rng = np.random.default_rng(4)
+    preds, gts = random_case(rng, n_classes=2)
+    r = evaluate_detections(preds, gts, (W, H), return_curves=True)
+    s = json.dumps(r)
+    back = json.loads(s)
+    assert set(back['curves']) == {'0.50', '0.75'}
+    assert len(back['curves']['0.50']['recall']) == r['num_pred']
+    assert set(back['per_class']) <= {'0', '1'}
+
+
+# ----------------------------------------------------------------------------- properties
+
+def box_st():
+    return st.tuples(st.floats(0, 500), st.floats(0, 400), st.floats(5, 120), st.floats(5, 80)).map(
+        lambda t: [t[0], t[1], t[0] + t[2], t[1] + t[3]])
+
+
+frames_st = st.lists(st.lists(box_st(), max_size=5), min_size=1, max_size=5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(frames_st)
+def test_perfect_predictions(gt_frames):
+    gts = [frame(f) for f in gt_frames]
+    preds = [frame(f, np.linspace(1.0, 0.5, len(f))) for f in gt_frames]
+    r = evaluate_detections(preds, gts, (W, H))
+    if r['num_gt'] == 0:
+        assert math.isnan(r['AP50'])
+        return
+    for k in ('AP50', 'AP75', 'mAP_avg', 'coco_AP'):
+        assert r[k] == pytest.approx(1.0), k
+    assert r['CDx'] == pytest.approx(0.0, abs=1e-9) and r['CDy'] == pytest.approx(0.0, abs=1e-9)
+    assert r['cd_matched'] == r['num_gt']
+
+
+@settings(max_examples=40, deadline=None)
+@given(frames_st, frames_st, st.integers(0, 2 ** 31 - 1))
+def test_ap_bounded_and_lowest_score_fp_changes_nothing(gt_frames, pred_frames, seed):
+    n = min(len(gt_frames), len(pred_frames))
+    rng = np.random.default_rng(seed)
+    gts = [frame(f) for f in gt_frames[:n]]
+    preds = [frame(f, rng.uniform(0.05, 1.0, len(f))) for f in pred_frames[:n]]
+    r = detection_ap(preds, gts)
+    if r['num_gt'] == 0:
+        assert math.isnan(r['coco_AP'])
+        return
+    keys = ('AP50', 'AP75', 'mAP_avg', 'coco_AP', 'coco_AP50', 'coco_AP75')
+    for k in keys:
+        assert 0.0 <= r[k] <= 1.0
+    # a zero-score detection ranks last: whether it is TP or FP, no interpolated precision can rise
+    # above the envelope; a far-away (FP) one must leave every AP unchanged
+    preds2 = [dict(p) for p in preds]
+    preds2[0] = frame(np.vstack([preds[0]['boxes'], [[5000, 5000, 5010, 5010]]]),
+                      np.append(preds[0]['scores'], 0.0))
+    r2 = detection_ap(preds2, gts)
+    for k in keys:
+        assert r2[k] == pytest.approx(r[k], abs=1e-12), k
+    # monotone rescaling of scores leaves the ranking, hence AP, unchanged
+    preds3 = [frame(p['boxes'], p['scores'] ** 3 * 0.5) for p in preds]
+    r3 = detection_ap(preds3, gts)
+    for k in keys:
+        assert r3[k] == pytest.approx(r[k], abs=1e-12), k
+
+
+# ----------------------------------------------------------------------------- centre distance
+
+@settings(max_examples=30, deadline=None)
+@given(frames_st, st.floats(-6, 6), st.floats(-4, 4))
+def test_centre_distance_known_shift(gt_frames, dx, dy):
+    gts = [frame(f) for f in gt_frames]
+    preds = [frame(np.asarray(f).reshape(-1, 4) + [dx, dy, dx, dy], np.ones(len(f))) for f in gt_frames]
+    r = centre_distance(preds, gts, (W, H))
+    n = sum(len(f) for f in gt_frames)
+    if n == 0:
+        assert math.isnan(r['CDx'])
+        return
+    # boxes are >= 5 px; a 6 px shift can drop IoU below 0.5 for tiny boxes -> only check matched pairs
+    if r['cd_matched']:
+        assert r['CDx'] == pytest.approx(abs(dx) / W * 100, abs=1e-9)
+        assert r['CDy'] == pytest.approx(abs(dy) / H * 100, abs=1e-9)
+        assert r['cd_paper_x'] == pytest.approx(0.0, abs=1e-9)
+        assert r['cd_paper_y'] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_centre_distance_hand_worked_and_paper_variant():
+    gts = [frame([[100, 100, 200, 150]]), frame([[0, 0, 64, 48]])]
+    # frame 0: shift by (+8, -4) ; frame 1: same centre, 8 px wider and 4 px taller
+    preds = [frame([[108, 96, 208, 146]], [0.9]), frame([[-4, -2, 68, 50]], [0.8])]
+    r = centre_distance(preds, gts, (W, H))
+    assert r['cd_matched'] == 2
+    assert r['CDx'] == pytest.approx((8 / W * 100 + 0) / 2)
+    assert r['CDy'] == pytest.approx((4 / H * 100 + 0) / 2)
+    assert r['cd_paper_x'] == pytest.approx((0 + 8 / W * 100) / 2)
+    assert r['cd_paper_y'] == pytest.approx((0 + 4 / H * 100) / 2)
+    # unmatched (IoU < 0.5) pairs are not counted
+    far = [frame([[400, 400, 500, 450]], [0.9]), frame([], [])]
+    assert centre_distance(far, gts, (W, H))['cd_matched'] == 0
+
+
+# ----------------------------------------------------------------------------- tracking
+
+BOX_A = [100, 100, 200, 160]
+
+
+def test_mot_metrics_hand_made_sequence():
+    # one object over 6 frames; tracker: id 1 for frames 0-1, lost in frame 2, id 2 from frame 3
+    # (an ID switch after a fragmentation), plus a false track (id 3) far away in frame 5
+    gt = [{'boxes': [BOX_A], 'ids': ['a']} for _ in range(6)]
+    hyp = [{'boxes': [BOX_A], 'ids': [1]}, {'boxes': [np.add(BOX_A, 5)], 'ids': [1]},
+           {'boxes': np.zeros((0, 4)), 'ids': []},
+           {'boxes': [BOX_A], 'ids': [2]}, {'boxes': [BOX_A], 'ids': [2]},
+           {'boxes': [BOX_A, [400, 300, 450, 340]], 'ids': [2, 3]}]
+    r = mot_metrics(gt, hyp)
+    assert r['ID_switches'] == 1
+    assert r['fragmentations'] == 1
+    assert r['FN'] == 1 and r['FP'] == 1
+    assert r['num_gt'] == 6 and r['num_frames'] == 6
+    assert r['MOTA'] == pytest.approx(1 - (1 + 1 + 1) / 6)
+    # IDF1: best one-to-one id mapping a<->2 gives IDTP 3, IDFP 3, IDFN 3
+    assert r['IDF1'] == pytest.approx(2 * 3 / (2 * 3 + 3 + 3))
+    assert r['precision'] == pytest.approx(5 / 6) and r['recall'] == pytest.approx(5 / 6)
+    json.dumps(r)
+
+
+def test_mot_metrics_iou_gate():
+    gt = [{'boxes': [[0, 0, 100, 100]], 'ids': [7]}]
+    ok = [{'boxes': [[0, 0, 100, 50]], 'ids': [1]}]          # IoU 0.5: matched
+    bad = [{'boxes': [[0, 0, 100, 45]], 'ids': [1]}]         # IoU 0.45: FP + FN
+    assert mot_metrics(gt, ok)['FP'] == 0
+    r = mot_metrics(gt, bad)
+    assert r['FP'] == 1 and r['FN'] == 1 and r['MOTA'] == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match='duplicate ids'):
+        mot_metrics(gt, [{'boxes': [[0, 0, 1, 1], [2, 2, 3, 3]], 'ids': [1, 1]}])
+    r = mot_metrics([{'boxes': [], 'ids': []}], [{'boxes': [], 'ids': []}])
+    assert math.isnan(r['MOTA'])
+
+
+# ----------------------------------------------------------------------------- conditions
+
+def test_evaluate_by_condition_splits_frames():
+    rng = np.random.default_rng(5)
+    preds, gts = random_case(rng, n_frames=8)
+    conds = [{'time_of_day': 'night' if i % 2 else 'day', 'occluded': i < 3} for i in range(8)]
+    gt_tr = [{'boxes': g['boxes'], 'ids': list(range(len(g['boxes'])))} for g in gts]
+    r = evaluate_by_condition(preds, gts, conds, (W, H), gt_tracks=gt_tr, hyp_tracks=gt_tr)
+    assert set(r['by_condition']) == {'occluded', 'time_of_day'}
+    assert set(r['by_condition']['time_of_day']) == {'day', 'night'}
+    assert set(r['by_condition']['occluded']) == {'True', 'False'}
+    night = r['by_condition']['time_of_day']['night']
+    ref = evaluate_detections(preds[1::2], gts[1::2], (W, H))
+    assert night['num_frames'] == 4
+    for k in ('AP50', 'coco_AP', 'CDx'):
+        assert night[k] == ref[k] or (math.isnan(night[k]) and math.isnan(ref[k]))
+    assert r['all']['tracking']['FN'] == 0
+    assert r['by_condition']['occluded']['True']['num_frames'] == 3
+    json.dumps(r)
+    with pytest.raises(ValueError, match='condition tags'):
+        evaluate_by_condition(preds, gts, conds[:3], (W, H))
