@@ -58,7 +58,8 @@ class FrontendConfig:
     ``gcc_max_lag`` (samples) defaults to the array's maximum inter-microphone delay,
     ``ceil(array_aperture_m / 343 m/s * sample_rate)``; lags ``-L..L`` are kept and linearly
     resampled onto the ``n_mels`` rows.  ``gcc_subwindows`` consecutive groups of STFT frames
-    each give one GCC-PHAT estimate, repeated over the group's frames on the time axis.
+    each give one GCC-PHAT estimate (every ``gcc_frame_stride``-th frame, bins up to
+    ``gcc_fmax``; both only to save time), repeated over the group's frames on the time axis.
     """
 
     sample_rate: int = 44100
@@ -75,6 +76,8 @@ class FrontendConfig:
     array_aperture_m: float = 0.4
     gcc_max_lag: Optional[int] = None
     gcc_subwindows: int = 8
+    gcc_fmax: Optional[float] = 8000.0
+    gcc_frame_stride: int = 2
     amin: float = 1e-10
 
     def __post_init__(self):
@@ -83,7 +86,8 @@ class FrontendConfig:
     def validate(self) -> 'FrontendConfig':
         def bad(msg):
             raise ConfigError(f'FrontendConfig: {msg}')
-        for name in ('sample_rate', 'channels', 'n_mels', 'n_fft', 'hop', 'gcc_subwindows'):
+        for name in ('sample_rate', 'channels', 'n_mels', 'n_fft', 'hop', 'gcc_subwindows',
+                     'gcc_frame_stride'):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
                 bad(f'{name} must be a positive integer, got {v!r}')
@@ -109,6 +113,10 @@ class FrontendConfig:
             bad(f'array_aperture_m must be > 0, got {self.array_aperture_m}')
         if self.gcc_subwindows > self.n_frames:
             bad(f'gcc_subwindows ({self.gcc_subwindows}) exceeds the number of frames ({self.n_frames})')
+        if self.gcc_fmax is not None and not (0 < self.gcc_fmax <= nyq):
+            bad(f'gcc_fmax must be in (0, sample_rate/2], got {self.gcc_fmax}')
+        if self.gcc_subwindows * self.gcc_frame_stride > self.n_frames:
+            bad('gcc_subwindows * gcc_frame_stride exceeds the number of frames')
         if not self.amin > 0:
             bad(f'amin must be > 0, got {self.amin}')
         return self
@@ -132,6 +140,14 @@ class FrontendConfig:
             return int(self.gcc_max_lag)
         lag = int(math.ceil(self.array_aperture_m / SPEED_OF_SOUND * self.sample_rate))
         return min(lag, self.n_fft // 2 - 1)
+
+    @property
+    def gcc_max_bin(self) -> int:
+        """Number of STFT bins used by GCC-PHAT (those at or below ``gcc_fmax``)."""
+        n_bins = self.n_fft // 2 + 1
+        if self.gcc_fmax is None:
+            return n_bins
+        return min(n_bins, int(math.floor(self.gcc_fmax * self.n_fft / self.sample_rate)) + 1)
 
     @property
     def in_channels(self) -> int:
@@ -322,6 +338,7 @@ class AudioRingBuffer:
             self._anchor_idx, self._anchor_ns = self._count, new_stamp
             self._append(keep)
             self._after(new_stamp, len(keep))
+            self._last_stamp = stamp_ns          # the chunk's own stamp orders later chunks
         return PushResult(PushStatus.OVERLAP, len(keep), n - len(keep), offset,
                           f'overlap of {-offset / 1e6:.3f} ms: {n - len(keep)} samples dropped')
 
@@ -399,13 +416,16 @@ def _lag_resample_matrix(n_lags: int, n_rows: int) -> np.ndarray:
 
 
 def gcc_phat(spec: torch.Tensor, max_lag: int, n_fft: int, subwindows: int = 1,
-             pairs: Optional[Sequence[Tuple[int, int]]] = None, eps: float = 1e-12) -> torch.Tensor:
+             pairs: Optional[Sequence[Tuple[int, int]]] = None, max_bin: Optional[int] = None,
+             frame_stride: int = 1, eps: float = 1e-12) -> torch.Tensor:
     """GCC-PHAT per microphone pair and sub-window from STFT frames.
 
     ``spec``: complex ``(C, T, F)`` (``F = n_fft // 2 + 1``).  The T frames are split into
-    ``subwindows`` consecutive groups (sizes as ``np.array_split``); for each group and pair
-    ``(i, j)`` the cross-spectrum ``G = sum_t X_i X_j^*`` is PHAT-weighted, ``G / |G|``, and
-    inverse-transformed.  Returns float ``(P, subwindows, 2 * max_lag + 1)`` for lags
+    ``subwindows`` consecutive groups (sizes as ``np.array_split``); within a group every
+    ``frame_stride``-th frame (by index in ``spec``) is used.  For each group and pair
+    ``(i, j)`` the cross-spectrum ``G(k) = sum_t X_i(t, k) X_j(t, k)^*`` over bins
+    ``k < max_bin`` is PHAT-weighted, ``G / |G|``, zero-filled above ``max_bin`` and inverse
+    transformed (``n_fft`` points).  Returns float ``(P, subwindows, 2 * max_lag + 1)`` for lags
     ``-max_lag..max_lag``.  Sign convention: if channel ``j`` is channel ``i`` delayed by ``d``
     samples (``x_j[n] = x_i[n - d]``), the peak is at lag ``-d``; i.e. the peak lag is
     ``delay(i) - delay(j)``.
@@ -413,13 +433,21 @@ def gcc_phat(spec: torch.Tensor, max_lag: int, n_fft: int, subwindows: int = 1,
     C, T, F = spec.shape
     if pairs is None:
         pairs = mic_pairs(C)
+    kmax = F if max_bin is None else max(1, min(F, int(max_bin)))
     ii = torch.tensor([p[0] for p in pairs])
     jj = torch.tensor([p[1] for p in pairs])
-    sizes = [len(a) for a in np.array_split(np.arange(T), subwindows)]
-    cross = spec[ii] * spec[jj].conj()                         # (P, T, F)
-    groups = torch.stack([g.sum(dim=1) for g in torch.split(cross, sizes, dim=1)], dim=1)
-    groups = groups / (groups.abs() + eps)                     # PHAT
-    r = torch.fft.irfft(groups, n=n_fft, dim=-1)               # (P, S, n_fft), circular lags
+    sel = np.arange(0, T, frame_stride)
+    bounds = np.cumsum([0] + [len(a) for a in np.array_split(np.arange(T), subwindows)])
+    sizes = [int(np.sum((sel >= a) & (sel < b))) for a, b in zip(bounds[:-1], bounds[1:])]
+    s = spec[:, torch.from_numpy(sel), :kmax]
+    re, im = s.real, s.imag
+    ar, ai, br, bi = re[ii], im[ii], re[jj], im[jj]             # (P, T', K)
+    cr = ar * br + ai * bi                                     # Re(X_i X_j^*)
+    ci = ai * br - ar * bi                                     # Im(X_i X_j^*)
+    gr = torch.stack([g.sum(dim=1) for g in torch.split(cr, sizes, dim=1)], dim=1)
+    gi = torch.stack([g.sum(dim=1) for g in torch.split(ci, sizes, dim=1)], dim=1)
+    mag = torch.sqrt(gr * gr + gi * gi) + eps                  # PHAT
+    r = torch.fft.irfft(torch.complex(gr / mag, gi / mag), n=n_fft, dim=-1)
     return torch.cat([r[..., n_fft - max_lag:], r[..., :max_lag + 1]], dim=-1)
 
 
@@ -513,7 +541,8 @@ class Frontend(torch.nn.Module):
         if cfg.use_gccphat:
             maps = []
             for b in range(spec.shape[0]):
-                g = gcc_phat(spec[b], cfg.max_lag, cfg.n_fft, cfg.gcc_subwindows, self.pairs)
+                g = gcc_phat(spec[b], cfg.max_lag, cfg.n_fft, cfg.gcc_subwindows, self.pairs,
+                             cfg.gcc_max_bin, cfg.gcc_frame_stride)
                 g = g @ self.lag_to_mel.T                              # (P, S, M)
                 g = torch.repeat_interleave(g, torch.tensor(self._gcc_sizes), dim=1)
                 maps.append(g.transpose(-1, -2))                       # (P, M, T)
@@ -544,7 +573,8 @@ class StreamingFrontend:
 
     Windows are placed on the hop grid of the current audio segment: the window start for a
     requested stamp is rounded to the nearest multiple of ``hop`` samples (at most
-    ``hop / 2`` = 2.9 ms off), so consecutive windows share their interior STFT frames.
+    ``hop / 2`` = 2.9 ms off; rounded down, at most ``hop`` = 5.8 ms, when rounding up would
+    need samples not yet received), so consecutive windows share their interior STFT frames.
     Interior frames (those not touching the window's zero padding) depend only on the samples
     they cover and are cached per segment frame index; the ``2 * ceil(n_fft / 2 / hop)`` edge
     frames are recomputed for every window.  The result equals :class:`Frontend` applied to the
@@ -595,6 +625,8 @@ class StreamingFrontend:
         n = cfg.window_samples
         start = buf.window_start(stamp_ns, mode, n)
         start = int(round(start / cfg.hop)) * cfg.hop
+        if start + n > buf.end_index:       # rounded past the newest sample: snap down instead
+            start -= cfg.hop
         x = buf.read(start, n)
         if x is None:
             return None
