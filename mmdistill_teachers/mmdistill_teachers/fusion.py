@@ -1,0 +1,234 @@
+"""Fusion of per-teacher detections into pseudo-labels (ROS-free).
+
+The paper's rule (``method='nms'``): drop each teacher's detections below that
+teacher's score threshold, pool the rest, and run greedy class-agnostic NMS at IoU
+0.5 over the union. Each kept box keeps its own score and label.
+
+``method='wbf'``: weighted box fusion (Solovyev et al. 2021): boxes are visited in
+descending score; each joins the cluster whose current fused box it overlaps most
+with IoU > ``iou_threshold`` (or starts a new one); a cluster's fused box is the
+score-weighted mean of its members' coordinates and its score
+``mean(member scores) * min(n_members, T) / T`` with ``T`` the number of teachers
+(sum of modality weights when given), clipped to [0, 1]. Clusters of more boxes
+(agreement between teachers) thus score higher than a lone box.
+
+Both record which modalities support each fused box: a modality supports it when one
+of its (thresholded) boxes is the kept box or was absorbed by it — for NMS, suppressed
+by it, i.e. the highest-scoring kept box overlapping it with IoU > ``iou_threshold``.
+Teacher attention maps are not fused: they are carried through per modality (the
+training losses form the product target).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from mmdistill_common.boxes import as_boxes, iou_matrix, nms
+
+__all__ = ['DEFAULT_MODALITIES', 'FusedDetections', 'fuse_detections', 'weighted_boxes_fusion']
+
+DEFAULT_MODALITIES = ('rgb', 'depth', 'thermal')
+
+
+@dataclass
+class FusedDetections:
+    """Pseudo-labels of one frame.
+
+    ``boxes`` float32 (N, 4) xyxy, ``scores`` float32 (N,), ``labels`` int64 (N,),
+    ``modalities`` the column names of ``support`` (all teachers asked for, present
+    or not), ``support`` bool (N, M): modality m supports fused box n,
+    ``support_scores`` float32 (N, M): the best score of m's boxes in n's cluster (0
+    if none), ``present`` bool (M,): the teacher delivered detections (None = missing),
+    ``attention``: per present modality its attention maps, untouched.
+    """
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    modalities: Tuple[str, ...]
+    support: np.ndarray
+    support_scores: np.ndarray
+    present: np.ndarray
+    attention: Dict[str, list] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def supporting_modalities(self, i: int) -> List[str]:
+        """Names of the modalities supporting fused box ``i``."""
+        return [m for m, s in zip(self.modalities, self.support[i]) if s]
+
+
+def _unpack(det) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[list]]:
+    if isinstance(det, Mapping):
+        boxes, scores = det['boxes'], det['scores']
+        labels = det.get('labels')
+        att = det.get('attention')
+    elif isinstance(det, (tuple, list)) and len(det) in (2, 3):
+        boxes, scores = det[0], det[1]
+        labels = det[2] if len(det) == 3 else None
+        att = None
+    else:
+        raise ValueError('each teacher result must be a dict(boxes, scores[, labels, attention]) '
+                         'or a (boxes, scores[, labels]) tuple')
+    b = as_boxes(boxes)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(s) != len(b):
+        raise ValueError(f'{len(b)} boxes but {len(s)} scores')
+    l = np.zeros(len(b), np.int64) if labels is None else np.asarray(labels, np.int64).reshape(-1)
+    if len(l) != len(b):
+        raise ValueError(f'{len(b)} boxes but {len(l)} labels')
+    if not (np.all(np.isfinite(b)) and np.all(np.isfinite(s))):
+        raise ValueError('teacher boxes/scores contain NaN or inf')
+    return b, s, l, att
+
+
+def _threshold_for(thresholds, modality: str) -> float:
+    if isinstance(thresholds, Mapping):
+        if modality not in thresholds:
+            raise ValueError(f'no score threshold given for modality {modality!r}')
+        return float(thresholds[modality])
+    return float(thresholds)
+
+
+def weighted_boxes_fusion(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.5,
+                          num_models: float = 1.0, groups: Optional[np.ndarray] = None
+                          ) -> Tuple[np.ndarray, np.ndarray, List[np.ndarray]]:
+    """Weighted box fusion of one pooled set of boxes (a single class).
+
+    Returns ``(fused_boxes (K, 4), fused_scores (K,), members)`` where ``members[k]``
+    are the indices of the input boxes in cluster k. ``groups`` (optional, (N,)) only
+    restricts clustering to boxes of the same group (used for class-aware fusion).
+    Score rule: ``mean(scores of members) * min(len(members), num_models) / num_models``.
+    """
+    b = as_boxes(boxes)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    g = np.zeros(len(b), np.int64) if groups is None else np.asarray(groups, np.int64)
+    order = np.argsort(-s, kind='stable')
+    fused: List[np.ndarray] = []
+    fgroup: List[int] = []
+    members: List[List[int]] = []
+    for i in order:
+        best, best_iou = -1, iou_threshold
+        if fused:
+            ious = iou_matrix(b[i:i + 1], np.asarray(fused))[0]
+            ious = np.where(np.asarray(fgroup) == g[i], ious, -1.0)
+            k = int(np.argmax(ious))
+            if ious[k] > best_iou:
+                best = k
+        if best < 0:
+            fused.append(b[i].copy())
+            fgroup.append(int(g[i]))
+            members.append([int(i)])
+        else:
+            members[best].append(int(i))
+            m = np.asarray(members[best])
+            w = s[m]
+            # all-zero (or denormal) scores: plain mean instead of a 0/0 weighted mean
+            fused[best] = (b[m] * w[:, None]).sum(0) / w.sum() if w.sum() > 1e-9 else b[m].mean(0)
+    if not fused:
+        return np.zeros((0, 4)), np.zeros(0), []
+    fb = np.asarray(fused)
+    fs = np.array([s[m].mean() * min(len(m), num_models) / num_models for m in members])
+    return fb, np.clip(fs, 0.0, 1.0), [np.asarray(m, np.int64) for m in members]
+
+
+def fuse_detections(detections: Mapping[str, object], score_thresholds: Union[float, Mapping[str, float]] = 0.5,
+                    iou_threshold: float = 0.5, method: str = 'nms', class_agnostic: bool = True,
+                    modalities: Optional[Sequence[str]] = None,
+                    modality_weights: Optional[Mapping[str, float]] = None,
+                    max_detections: Optional[int] = None) -> FusedDetections:
+    """Fuse the detections of several teachers of one frame into pseudo-labels.
+
+    Args:
+        detections: modality -> teacher result: ``dict(boxes, scores[, labels, attention])``
+            as returned by ``TeacherDetector.predict``, or a ``(boxes, scores[, labels])``
+            tuple; ``None`` marks a teacher that delivered nothing (missing / late).
+        score_thresholds: one threshold for all, or modality -> threshold; a box is
+            kept when ``score >= threshold``.
+        iou_threshold: NMS suppression (``IoU > thr``) / WBF clustering threshold (paper 0.5).
+        method: ``'nms'`` (paper) or ``'wbf'``.
+        class_agnostic: NMS / clustering over all labels together (paper); otherwise per label.
+        modalities: order of the ``support`` columns (default: rgb, depth, thermal, then
+            any other key of ``detections`` in insertion order); a modality missing from
+            ``detections`` counts as not present.
+        modality_weights: WBF only: scores of modality m are multiplied by its weight
+            and ``T`` becomes the sum of the weights of the present teachers.
+        max_detections: keep at most this many fused boxes (highest score first).
+
+    Returns a :class:`FusedDetections`, boxes sorted by descending fused score.
+    """
+    if method not in ('nms', 'wbf'):
+        raise ValueError(f"method must be 'nms' or 'wbf', got {method!r}")
+    if modalities is None:
+        modalities = list(DEFAULT_MODALITIES) + [m for m in detections if m not in DEFAULT_MODALITIES]
+    modalities = tuple(modalities)
+    extra = set(detections) - set(modalities)
+    if extra:
+        raise ValueError(f'detections for {sorted(extra)} not in modalities {modalities}')
+    nm = len(modalities)
+    present = np.array([detections.get(m) is not None for m in modalities], dtype=bool)
+
+    all_b, all_s, all_l, all_m = [], [], [], []
+    attention = {}
+    for mi, m in enumerate(modalities):
+        det = detections.get(m)
+        if det is None:
+            continue
+        b, s, l, att = _unpack(det)
+        if att is not None:
+            attention[m] = att
+        keep = s >= _threshold_for(score_thresholds, m)
+        all_b.append(b[keep])
+        all_s.append(s[keep])
+        all_l.append(l[keep])
+        all_m.append(np.full(int(keep.sum()), mi, np.int64))
+    b = np.concatenate(all_b) if all_b else np.zeros((0, 4))
+    s = np.concatenate(all_s) if all_s else np.zeros(0)
+    l = np.concatenate(all_l) if all_l else np.zeros(0, np.int64)
+    src = np.concatenate(all_m) if all_m else np.zeros(0, np.int64)
+
+    if len(b) == 0:
+        return FusedDetections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64),
+                               modalities, np.zeros((0, nm), bool), np.zeros((0, nm), np.float32),
+                               present, attention)
+
+    groups = np.zeros(len(b), np.int64) if class_agnostic else l
+    if method == 'nms':
+        if class_agnostic:
+            keep = nms(b, s, iou_threshold)
+        else:
+            span = float(np.abs(b).max()) * 4.0 + 1.0
+            keep = nms(b + groups[:, None] * span, s, iou_threshold)
+        ious = iou_matrix(b, b[keep])                                    # (n, K)
+        same = groups[:, None] == groups[keep][None, :]
+        # kept boxes are in descending score order: the first overlapping kept box is
+        # the one that suppressed the box in greedy NMS
+        over = (ious > iou_threshold) & same
+        owner = np.where(over.any(axis=1), over.argmax(axis=1), -1)
+        owner[keep] = np.arange(len(keep))
+        members = [np.flatnonzero(owner == k) for k in range(len(keep))]
+        fb, fs, fl = b[keep], s[keep], l[keep]
+    else:
+        w = np.ones(nm) if modality_weights is None else \
+            np.array([float(modality_weights.get(m, 1.0)) for m in modalities])
+        s_w = s * w[src]
+        t = float(w[present].sum()) if present.any() else 1.0
+        fb, fs, members = weighted_boxes_fusion(b, s_w, iou_threshold, num_models=t, groups=groups)
+        # label of a cluster: that of its best member
+        fl = np.array([l[m[np.argmax(s_w[m])]] for m in members], np.int64)
+        s = s_w
+
+    support = np.zeros((len(fb), nm), bool)
+    support_scores = np.zeros((len(fb), nm), np.float32)
+    for k, m in enumerate(members):
+        for i in m:
+            support[k, src[i]] = True
+            support_scores[k, src[i]] = max(support_scores[k, src[i]], s[i])
+    order = np.argsort(-np.asarray(fs), kind='stable')
+    if max_detections is not None:
+        order = order[:max_detections]
+    return FusedDetections(np.asarray(fb, np.float32)[order], np.asarray(fs, np.float32)[order],
+                           np.asarray(fl, np.int64)[order], modalities, support[order],
+                           support_scores[order], present, attention)

@@ -1,0 +1,113 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mmdistill_common.errors import ConfigError
+from mmdistill_teachers.detector import TeacherDetector
+from mmdistill_teachers.weights import FORMAT_VERSION, METADATA_KEY, load_teacher, read_metadata, save_teacher
+
+
+def tiny(modality='depth', **kw):
+    torch.manual_seed(0)
+    return TeacherDetector(modality, input_size=(128, 64), width=4, fpn_channels=8, head_convs=1, **kw)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    m = tiny(class_names=('car', 'truck', 'motorbike'))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    path = save_teacher(m, tmp_path / 'depth_teacher', training_info={'epochs': 3, 'seed': 7})
+    return m, path
+
+
+def test_round_trip(saved, tmp_path):
+    m, path = saved
+    assert path.name == 'depth_teacher.safetensors' and path.is_file()
+    side = json.loads(path.with_suffix('.json').read_text())
+    meta = read_metadata(path)
+    assert side == meta
+    assert meta['modality'] == 'depth' and meta['input_size'] == [128, 64] and meta['channels'] == 2
+    assert meta['sensor_channels'] == 1 and meta['format_version'] == FORMAT_VERSION
+    assert meta['class_names'] == ['car', 'truck', 'motorbike'] and meta['training'] == {'epochs': 3, 'seed': 7}
+    assert meta['normalisation']['kind'] == 'log1p'
+    loaded = load_teacher(path, modality='depth', input_size=(128, 64))
+    assert loaded.config == m.config and not loaded.training
+    assert loaded.training_info == {'epochs': 3, 'seed': 7}
+    for (k, a), (k2, b) in zip(m.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    img = np.random.default_rng(0).uniform(1, 60, (64, 128)).astype(np.float32)
+    a, b = m.predict(img, score_threshold=0.0)[0], loaded.predict(img, score_threshold=0.0)[0]
+    assert np.array_equal(a['boxes'], b['boxes']) and np.array_equal(a['scores'], b['scores'])
+    assert all(np.array_equal(x, y) for x, y in zip(a['attention'], b['attention']))
+
+
+def test_mismatch_errors(saved):
+    _, path = saved
+    with pytest.raises(ConfigError, match="holds a 'depth' teacher, but a 'rgb'"):
+        load_teacher(path, modality='rgb')
+    with pytest.raises(ConfigError, match='trained for 128x64 .* but 384x128'):
+        load_teacher(path, input_size=(384, 128))
+    with pytest.raises(ConfigError, match='predicts classes'):
+        load_teacher(path, class_names=['vehicle'])
+
+
+def _rewrite(path, out, tensors=None, meta_update=None, raw_meta=None):
+    t = load_file(str(path))
+    if tensors is not None:
+        t = tensors(t)
+    meta = read_metadata(path)
+    if meta_update:
+        meta.update(meta_update)
+    save_file(t, str(out), metadata={METADATA_KEY: raw_meta if raw_meta is not None else json.dumps(meta)})
+    return out
+
+
+def test_bad_files(saved, tmp_path):
+    _, path = saved
+    with pytest.raises(ConfigError, match='not found'):
+        load_teacher(tmp_path / 'nope.safetensors')
+    garbage = tmp_path / 'garbage.safetensors'
+    garbage.write_bytes(b'\x80\x04this is a pickle, not safetensors')
+    with pytest.raises(ConfigError, match='not a readable safetensors'):
+        load_teacher(garbage)
+    nometa = tmp_path / 'nometa.safetensors'
+    save_file({'x': torch.zeros(2)}, str(nometa))
+    with pytest.raises(ConfigError, match='no mmdistill metadata'):
+        load_teacher(nometa)
+    with pytest.raises(ConfigError, match='version 99'):
+        load_teacher(_rewrite(path, tmp_path / 'v99.safetensors', meta_update={'format_version': 99}))
+    with pytest.raises(ConfigError, match='not valid JSON'):
+        load_teacher(_rewrite(path, tmp_path / 'badjson.safetensors', raw_meta='{oops'))
+    with pytest.raises(ConfigError, match='format'):
+        load_teacher(_rewrite(path, tmp_path / 'fmt.safetensors', meta_update={'format': 'other'}))
+    with pytest.raises(ConfigError, match='missing'):
+        load_teacher(_rewrite(path, tmp_path / 'missing.safetensors',
+                              tensors=lambda t: {k: v for k, v in t.items() if not k.startswith('head.cls_out')}))
+    with pytest.raises(ConfigError, match='unexpected'):
+        load_teacher(_rewrite(path, tmp_path / 'extra.safetensors', tensors=lambda t: {**t, 'bogus': torch.zeros(1)}))
+
+    def widen(t):
+        t = dict(t)
+        t['head.cls_out.bias'] = torch.zeros(5)
+        return t
+    with pytest.raises(ConfigError, match='shape'):
+        load_teacher(_rewrite(path, tmp_path / 'shape.safetensors', tensors=widen))
+    # top-level modality disagreeing with the stored config
+    with pytest.raises(ConfigError, match='inconsistent'):
+        load_teacher(_rewrite(path, tmp_path / 'incons.safetensors', meta_update={'modality': 'thermal'}))
+    # a truncated file
+    trunc = tmp_path / 'trunc.safetensors'
+    trunc.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ConfigError):
+        load_teacher(trunc)
+
+
+def test_non_json_training_info(tmp_path):
+    with pytest.raises(ConfigError, match='JSON'):
+        save_teacher(tiny(), tmp_path / 'x.safetensors', training_info={'a': object()})
+    assert not (tmp_path / 'x.safetensors').exists()
