@@ -78,7 +78,9 @@ if ! fresh python-packages "$key"; then
   say "installing the project's Python packages (editable)"
   args=()
   for p in "${PY_PACKAGES[@]}"; do args+=(-e "$p"); done
-  "${PIP[@]}" install -q --no-deps --no-build-isolation "${args[@]}"
+  # compat mode: plain .pth path entries. The default finder hooks come after the
+  # path scan, so from the repository root the bare package folders would shadow them.
+  "${PIP[@]}" install -q --no-deps --no-build-isolation --config-settings editable_mode=compat "${args[@]}"
   mark python-packages "$key"
 fi
 # Editable installs skip data_files, so register the packages in the ament index
