@@ -19,6 +19,8 @@ from mmdistill_common.errors import MmdistillError
 COMMANDS: Dict[str, Tuple[str, str]] = {
     'info': ('mmdistill_training.commands.info',
              'show versions and where ROS, the messages and torch come from'),
+    'demo': ('mmdistill_training.commands.demo',
+             'the end-to-end job on the built-in simulator (runs the stages built so far, writes a report)'),
     'sim': ('mmdistill_training.commands.sim',
             'simulate a drive into a rosbag2 bag, write a preview contact sheet, or list scenarios'),
 }

@@ -68,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
     scenario = load(args)
     if args.preview:
         from mmdistill_sim.preview import contact_sheet
-        path = contact_sheet(scenario, args.preview, time_s=args.preview_time)
+        from mmdistill_sim.simulator import Simulator
+        times = None if args.preview_time is None else [args.preview_time]
+        path = contact_sheet(Simulator(scenario), args.preview, times_s=times)
         print(f'wrote {path}')
         return 0
     if args.out is None:

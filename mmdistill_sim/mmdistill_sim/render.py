@@ -1,0 +1,356 @@
+"""Registered RGB, depth and thermal images of the scene plus per-frame ground truth.
+
+Rendering is exact ray casting against axis-aligned boxes (vehicles and
+occluders) with a z-buffer, vectorised over the pixels of each object's
+projected rectangle.  Each modality degrades the way the real sensor does:
+
+* RGB (``rgb8``): exposure follows the ambient light (gain capped at 4x), so at
+  night only headlit areas and vehicle lights stand out of the amplified noise;
+  fog blends towards the fog colour with Koschmieder's law (contrast 5 % at the
+  visibility distance).
+* depth (``32FC1`` metres along the optical axis, NaN = no return): range
+  limit (shortened by fog and rain), noise growing with z^2, dropouts growing
+  towards the range limit; independent of light.
+* thermal (``32FC1`` kelvin): engine, tyres and exhaust of running vehicles are
+  hot, the background follows the air and road temperature; parked vehicles
+  with the engine off sit at road temperature and almost vanish; LWIR fog
+  extinction is ~6x weaker than visible; independent of light.
+
+Visibility per modality (ground truth) counts the vehicle's silhouette pixels
+that are unoccluded *and* distinguishable in that modality: RGB display
+contrast against the empty scene above 3 noise sigmas, a valid depth return,
+or a thermal contrast above 1.5 K.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from .camera import PinholeCamera
+from .world import Vehicle, World
+
+__all__ = ['FrameGroundTruth', 'Renderer', 'GT_FIELDS']
+
+LIGHT = {'day': 1.0, 'dusk': 0.3, 'night': 0.01}
+SUN_K = {'day': 8.0, 'dusk': 3.0, 'night': 0.5}
+SKY = {'day': np.array([0.55, 0.70, 0.95]), 'dusk': np.array([0.45, 0.30, 0.28]),
+       'night': np.array([0.010, 0.012, 0.025])}
+CLASS_ID = {'car': 0, 'truck': 1, 'motorbike': 2}
+OCCLUDED_BELOW = 0.5
+THERMAL_CONTRAST_K = 1.5
+AUDIBLE_SNR_DB = -6.0   # tonal engine sound is still detectable somewhat below the broadband noise level
+
+GT_FIELDS = ('id', 'class', 'box', 'distance_m', 'azimuth_deg', 'speed_mps', 'visible_fraction',
+             'visible_rgb', 'visible_depth', 'visible_thermal', 'occluded', 'audible', 'level_db', 'engine_on')
+
+
+@dataclass
+class FrameGroundTruth:
+    """Ground truth of one frame, as parallel arrays (one row per vehicle whose box is in the image).
+
+    ``boxes`` are amodal (the whole projected vehicle, clipped to the image) in the
+    RGB image, x1 y1 x2 y2 pixels (mmdistill_common.boxes convention).  Distance
+    and azimuth are from the microphone array centre (azimuth: left positive,
+    0 = straight ahead).  ``audible``: the analytic received level exceeds the
+    non-vehicle noise level at the array minus 6 dB (``AUDIBLE_SNR_DB``).
+    """
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    classes: list = field(default_factory=list)
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    distance_m: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    azimuth_deg: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    speed_mps: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    visible_fraction: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    visible_rgb: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    visible_depth: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    visible_thermal: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    occluded: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    audible: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    level_db: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    engine_on: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to_list(self) -> list[dict]:
+        """One plain dict per vehicle (JSON-serialisable)."""
+        out = []
+        for i in range(len(self.ids)):
+            out.append({
+                'id': int(self.ids[i]), 'class': self.classes[i], 'box': [float(x) for x in self.boxes[i]],
+                'distance_m': float(self.distance_m[i]), 'azimuth_deg': float(self.azimuth_deg[i]),
+                'speed_mps': float(self.speed_mps[i]), 'visible_fraction': float(self.visible_fraction[i]),
+                'visible_rgb': float(self.visible_rgb[i]), 'visible_depth': float(self.visible_depth[i]),
+                'visible_thermal': float(self.visible_thermal[i]), 'occluded': bool(self.occluded[i]),
+                'audible': bool(self.audible[i]), 'level_db': float(self.level_db[i]),
+                'engine_on': bool(self.engine_on[i])})
+        return out
+
+
+class Renderer:
+    """Renders the three registered images and the ground truth of a frame time."""
+
+    def __init__(self, world: World, camera: PinholeCamera, audible_level=None, noise_db: float = 0.0,
+                 array_centre_ego: Optional[np.ndarray] = None):
+        self.world, self.cam = world, camera
+        sc = world.sc
+        self.sc = sc
+        self.audible_level, self.noise_db = audible_level, noise_db
+        self.array_centre = np.zeros(3) if array_centre_ego is None else np.asarray(array_centre_ego, float)
+        H, W = camera.height, camera.width
+        self.light = LIGHT[sc.time_of_day]
+        self.t_air = 273.15 + sc.environment.temperature_c
+        self.t_road = self.t_air + SUN_K[sc.time_of_day]
+        vis = {'clear': 20000.0, 'rain': 400.0, 'fog': sc.environment.fog_visibility_m}[sc.weather]
+        self.beta = 3.0 / vis
+        self.beta_ir = self.beta / 6.0
+        self.depth_range = sc.camera.depth_range_m * {'clear': 1.0, 'rain': 0.8,
+                                                       'fog': min(1.0, 0.6 * vis / sc.camera.depth_range_m)}[sc.weather]
+        self.gain = min(1.0 / self.light, 4.0)
+        self.sigma_disp = 0.012 * self.gain ** 0.7 * (1.3 if sc.weather == 'rain' else 1.0)
+        rays = camera.rays
+        with np.errstate(divide='ignore'):
+            self.inv_rays = 1.0 / rays
+        d_z = rays[..., 2]
+        ground = d_z < -1e-6
+        with np.errstate(divide='ignore'):
+            rg = np.where(ground, camera.position[2] / np.where(ground, -d_z, 1.0), np.inf)
+        self.bg_range = np.minimum(rg, 5000.0)
+        self.bg_sky = ~ground | (rg > 5000.0)
+        self.headlights = sc.time_of_day != 'day'            # vehicle lamps on
+        self.ego_headlights = self.headlights and sc.ego.mode == 'driving'   # a parked ego has its lights off
+        self._pools: dict = {}
+        self._gamma_lut = (np.linspace(0, 1, 4097) ** (1 / 2.2)).astype(np.float32)
+        # ego headlight illumination of any point seen along a ray at range r: cone around the forward axis
+        ang = np.arccos(np.clip(rays[..., 0], -1, 1))
+        self.cone = np.exp(-(ang / 0.35) ** 2) if self.ego_headlights else np.zeros((H, W))
+        # empty-scene radiance (road + sky), linear
+        v = (np.arange(H)[:, None] + 0.5) / H * np.ones((1, W))
+        sky = SKY[sc.time_of_day][None, None, :] * (1.0 - 0.3 * v[..., None])
+        road = 0.22 * np.ones((H, W, 3)) * (self.light + self._headlight(self.bg_range))[..., None]
+        lin = np.where(self.bg_sky[..., None], sky, road)
+        self.bg_lin = self._fog(lin, self.bg_range)
+        self.bg_disp = self._display(self.bg_lin)
+        t_sky = self.t_air - (25.0 if sc.weather == 'clear' else 5.0)
+        self.bg_temp = self._fog_ir(np.where(self.bg_sky, t_sky, self.t_road), self.bg_range)
+        self.bg_z = np.where(self.bg_sky, np.inf, self.bg_range * camera.z_per_range)
+
+    # ------------------------------------------------------------------ noise
+    def _pool(self, which: int, size: int) -> np.ndarray:
+        """Per-scenario pool of standard normals (which < 3) or uniforms; frames take random windows of it,
+        which is much cheaper than drawing fresh noise for three images every frame."""
+        key = (which, size)
+        pool = self._pools.get(key)
+        if pool is None:
+            g = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.sc.seed, 22, which])))
+            n = 4 * size
+            pool = g.random(n, dtype=np.float32) if which == 3 else g.standard_normal(n, dtype=np.float32)
+            self._pools[key] = pool
+        return pool
+
+    def _noise(self, rng: np.random.Generator, which: int, shape: tuple) -> np.ndarray:
+        size = int(np.prod(shape))
+        pool = self._pool(which, size)
+        off = int(rng.integers(0, len(pool) - size))
+        return pool[off:off + size].reshape(shape)
+
+    def _uniform(self, rng: np.random.Generator, shape: tuple) -> np.ndarray:
+        return self._noise(rng, 3, shape)
+
+    # ------------------------------------------------------------------ optics helpers
+    def _headlight(self, r: np.ndarray, cone: Optional[np.ndarray] = None) -> np.ndarray:
+        if not self.ego_headlights:
+            return np.zeros_like(r)
+        c = self.cone if cone is None else cone
+        return 30.0 / np.maximum(r, 3.0) ** 2 * c
+
+    def _fog(self, lin: np.ndarray, r: np.ndarray) -> np.ndarray:
+        tr = np.exp(-self.beta * r)[..., None]
+        fog_col = 0.7 * self.light   # airlight: fog lit by the ambient light
+        return lin * tr + fog_col * (1 - tr)
+
+    def _fog_ir(self, temp: np.ndarray, r: np.ndarray) -> np.ndarray:
+        tr = np.exp(-self.beta_ir * r)
+        return temp * tr + self.t_air * (1 - tr)
+
+    def _display(self, lin: np.ndarray) -> np.ndarray:
+        """Exposure gain, clipping and display gamma (lookup table)."""
+        return self._gamma_lut[(np.clip(lin * self.gain, 0, 1) * 4096 + 0.5).astype(np.int32)]
+
+    # ------------------------------------------------------------------ scene objects
+    def _objects(self, t: float) -> list:
+        ego = self.world.ego_position(t)
+        objs = []
+        for v in self.world.vehicles:
+            if v.exists(t):
+                lo, hi = v.box(t)
+                objs.append(('vehicle', v, lo - ego, hi - ego))
+        for k, (lo, hi) in enumerate(self.world.occluders):
+            objs.append(('occluder', self.world.occluder_kinds[k], lo - ego, hi - ego))
+        return objs
+
+    def _appearance(self, kind: str, obj, lo, hi, P, axis, normal_sign, rng_r):
+        """Linear albedo x shading (h,w,3), emission (h,w,3) and temperature (h,w) of hit points P."""
+        h = P.shape[:2]
+        zf = np.clip((P[..., 2] - lo[2]) / max(hi[2] - lo[2], 1e-6), 0, 1)
+        shade = np.choose(axis, [0.8, 0.65, 1.0])
+        emis = np.zeros(h + (3,))
+        if kind == 'occluder':
+            base = {'wall': np.array([0.45, 0.43, 0.40]), 'building': np.array([0.5, 0.38, 0.30]),
+                    'truck': np.array([0.75, 0.75, 0.72])}[obj]
+            alb = base[None, None, :] * shade[..., None] * np.ones(h + (3,))
+            temp = np.full(h, self.t_air + 0.6 * SUN_K[self.sc.time_of_day])
+            return alb, emis, temp
+        v: Vehicle = obj
+        ta = 0 if v.along_x else 1
+        other = 1 - ta
+        travel = np.sign(v.vel[ta]) if v.moving else (1.0 if self.sc.road.lanes[v.lane].travel == 'positive' else -1.0)
+        # longitudinal position along travel (0 rear .. 1 front) and lateral position across the width
+        lon = (P[..., ta] - lo[ta]) / max(hi[ta] - lo[ta], 1e-6)
+        if travel < 0:
+            lon = 1 - lon
+        lat = (P[..., other] - lo[other]) / max(hi[other] - lo[other], 1e-6)
+        end_face = axis == ta
+        front = end_face & ((normal_sign * travel) > 0)
+        rear = end_face & ~front
+        side = axis == other
+        alb = v.colour[None, None, :] * shade[..., None] * np.ones(h + (3,))
+        glass_lo = 0.55 if v.kind == 'car' else 0.65
+        glass = (zf > glass_lo) & (zf < 0.93) & (axis != 2)
+        if v.kind == 'truck':
+            glass &= (front | (side & (lon > 0.8)))
+        tyre = side & (zf < 0.28) & ((np.abs(lon - 0.18) < 0.09) | (np.abs(lon - 0.82) < 0.09))
+        alb[glass] = 0.05
+        alb[tyre] = 0.03
+        lamp = (zf > 0.3) & (zf < 0.48) & ((lat < 0.22) | (lat > 0.78))
+        if self.headlights:
+            emis[front & lamp] = [3.0, 3.0, 2.7]
+            emis[rear & lamp] = [1.2, 0.05, 0.05]
+        # thermal
+        moving_hot = v.engine_on
+        if moving_hot:
+            temp = np.full(h, self.t_air + 4.0)
+            engine = (front & (zf < 0.6)) | (side & (lon > 0.75) & (zf < 0.5))
+            temp[engine] = self.t_air + 35.0
+            temp[tyre] = self.t_air + (18.0 if v.moving else 4.0)
+            temp[rear & (zf < 0.25)] = self.t_air + 25.0
+            temp[glass] = self.t_air - 6.0
+        else:
+            temp = np.full(h, self.t_road) + rng_r
+            temp[glass] = self.t_road - 1.0   # cooled glass, but barely below the road
+        return alb, emis, temp
+
+    # ------------------------------------------------------------------ main
+    def render(self, t: float, frame_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, FrameGroundTruth]:
+        """RGB uint8 (H,W,3), depth float32 (H,W), thermal float32 (H,W) and ground truth at time t."""
+        cam = self.cam
+        H, W = cam.height, cam.width
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.sc.seed, 21, frame_index])))
+        zr = self.bg_range.copy()
+        zr[self.bg_sky] = np.inf
+        idb = np.full((H, W), -1, np.int32)
+        lin = np.zeros((H, W, 3))
+        emis = np.zeros((H, W, 3))
+        temp = np.zeros((H, W))
+        o = cam.position
+        recs = []
+        for k, (kind, obj, lo, hi) in enumerate(self._objects(t)):
+            box = cam.project_box(lo, hi)
+            if box is None:
+                continue
+            x0, y0 = int(np.floor(box[0])), int(np.floor(box[1]))
+            x1, y1 = int(np.ceil(box[2])), int(np.ceil(box[3]))
+            inv = self.inv_rays[y0:y1, x0:x1]
+            with np.errstate(invalid='ignore'):
+                t1 = (lo - o) * inv
+                t2 = (hi - o) * inv
+            tn = np.minimum(t1, t2)
+            tf = np.maximum(t1, t2)
+            tn = np.where(np.isnan(tn), -np.inf, tn)
+            tf = np.where(np.isnan(tf), np.inf, tf)
+            tmin = tn.max(-1)
+            tmax = tf.min(-1)
+            hit = (tmax >= tmin) & (tmin > 0)
+            sil = int(hit.sum())
+            if sil == 0:
+                continue
+            closer = hit & (tmin < zr[y0:y1, x0:x1])
+            if closer.any():
+                axis = tn.argmax(-1)
+                normal_sign = np.where(np.take_along_axis(t1, axis[..., None], -1)[..., 0]
+                                       <= np.take_along_axis(t2, axis[..., None], -1)[..., 0], -1.0, 1.0)
+                P = o + tmin[..., None] * cam.rays[y0:y1, x0:x1]
+                rr = rng.normal(0.0, 0.3) if kind == 'vehicle' else 0.0
+                alb, em, tp = self._appearance(kind, obj, lo, hi, P, axis, normal_sign, rr)
+                sub = (slice(y0, y1), slice(x0, x1))
+                zr[sub] = np.where(closer, tmin, zr[sub])
+                idb[sub] = np.where(closer, k, idb[sub])
+                lin[sub] = np.where(closer[..., None], alb, lin[sub])
+                emis[sub] = np.where(closer[..., None], em, emis[sub])
+                temp[sub] = np.where(closer, tp, temp[sub])
+            recs.append((k, kind, obj, lo, hi, (y0, y1, x0, x1), sil, box))
+
+        obj_px = idb >= 0
+        sel = np.nonzero(obj_px)
+        r_o = zr[sel]
+        # RGB: lit albedo + emission, fog, exposure, display gamma (object pixels only; the empty scene is cached)
+        lit = lin[sel] * (self.light + self._headlight(r_o, self.cone[sel]))[:, None] + emis[sel]
+        disp_o = self._display(self._fog(lit, r_o))
+        disp = self.bg_disp.copy()
+        disp[sel] = disp_o
+        rgb_vis = np.zeros((H, W), bool)
+        rgb_vis[sel] = np.abs(disp_o - self.bg_disp[sel]).max(-1) > 3 * self.sigma_disp + 0.02
+        noisy = disp + self._noise(rng, 0, (H, W, 3)) * self.sigma_disp
+        rgb = np.clip(noisy * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        # depth (camera z)
+        z = self.bg_z.copy()
+        z[sel] = r_o * cam.z_per_range[sel]
+        with np.errstate(invalid='ignore'):
+            zq = z * (1.0 / self.depth_range)
+            p_drop = 0.02 + 0.5 * (zq * zq) ** 2
+            valid = (zq <= 1.0) & (self._uniform(rng, (H, W)) >= p_drop)
+        zv = np.where(valid, z, 0.0)
+        zn = zv + self._noise(rng, 1, (H, W)) * (0.01 + 0.0015 * zv * zv)
+        depth = np.where(valid, zn, np.nan).astype(np.float32)
+        # thermal
+        th = self.bg_temp.copy()
+        th[sel] = self._fog_ir(temp[sel], r_o)
+        th_vis = np.zeros((H, W), bool)
+        th_vis[sel] = np.abs(th[sel] - self.bg_temp[sel]) > THERMAL_CONTRAST_K
+        thermal = (th + self._noise(rng, 2, (H, W)) * 0.1).astype(np.float32)
+
+        gt = self._ground_truth(t, recs, idb, rgb_vis, valid, th_vis)
+        return rgb, depth, thermal, gt
+
+    def _ground_truth(self, t, recs, idb, rgb_vis, depth_vis, th_vis) -> FrameGroundTruth:
+        rows = []
+        ego = self.world.ego_position(t)
+        centre = self.array_centre
+        for k, kind, obj, lo, hi, (y0, y1, x0, x1), sil, box in recs:
+            if kind != 'vehicle':
+                continue
+            v: Vehicle = obj
+            win = idb[y0:y1, x0:x1] == k
+            nwin = int(win.sum())
+            rel = v.position(t) - ego - centre
+            dist = float(np.hypot(rel[0], rel[1]))
+            az = float(np.degrees(np.arctan2(rel[1], rel[0])))
+            lvl = self.audible_level(v, t) if self.audible_level is not None else -np.inf
+            rows.append((v.vid, v.kind, box, dist, az, v.speed, nwin / sil,
+                         int((win & rgb_vis[y0:y1, x0:x1]).sum()) / sil,
+                         int((win & depth_vis[y0:y1, x0:x1]).sum()) / sil,
+                         int((win & th_vis[y0:y1, x0:x1]).sum()) / sil, lvl, v.engine_on))
+        rows.sort(key=lambda r: r[0])
+        if not rows:
+            return FrameGroundTruth()
+        cols = list(zip(*rows))
+        vis = np.array(cols[6])
+        lvl = np.array(cols[10], dtype=np.float64)
+        return FrameGroundTruth(
+            ids=np.array(cols[0], np.int64), classes=list(cols[1]), boxes=np.array(cols[2], np.float64),
+            distance_m=np.array(cols[3]), azimuth_deg=np.array(cols[4]), speed_mps=np.array(cols[5]),
+            visible_fraction=vis, visible_rgb=np.array(cols[7]), visible_depth=np.array(cols[8]),
+            visible_thermal=np.array(cols[9]), occluded=vis < OCCLUDED_BELOW,
+            audible=lvl > self.noise_db + AUDIBLE_SNR_DB, level_db=lvl, engine_on=np.array(cols[11], bool))
