@@ -27,6 +27,7 @@ identical results whatever the block size.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -263,20 +264,74 @@ def propagate(src: Source, mics_world: Callable[[np.ndarray], np.ndarray], n0: i
     # the result then depends only on absolute sample indices, never on where a block starts
     p_start = pg_all[:-1]
     base = np.floor(p_start)
-    pos = (pg_all[1:] - p_start).astype(np.float32)[:, None, :] * frac
-    pos += (p_start - base).astype(np.float32)[:, None, :]
+    dpos = (pg_all[1:] - p_start).astype(np.float32)
+    rem = (p_start - base).astype(np.float32)
+    off = (base - s_lo).astype(np.intp)
+    amp = (0.5 * (amp_all[:-1] + amp_all[1:])).astype(np.float32)
+    out = _frac_delay(s32, d32, dpos, rem, off, amp, M)
+    out = out.reshape(-1, M)
+    return out[skip:n]
+
+
+_FRAC = (np.arange(GRID, dtype=np.float32) / GRID)
+
+
+def _frac_delay_numpy(s32, d32, dpos, rem, off, amp, M):
+    """Linear-interpolation fractional delay, all cells and columns at once (columns = paths x mics).
+
+    Returns (cells, GRID, M): the paths are summed.  Exactly the float32 operations of the compiled
+    kernel below, in the same order, so both give identical bits.
+    """
+    frac = _FRAC[None, :, None]
+    pos = dpos[:, None, :] * frac
+    pos += rem[:, None, :]
     ip = pos.astype(np.intp)          # intp: np.take would convert any other index type
-    pos -= ip
-    ip += (base - s_lo).astype(np.intp)[:, None, :]
+    pos -= ip.astype(np.float32)
+    ip += off[:, None, :]
     x = np.take(d32, ip)
     x *= pos
     x += np.take(s32, ip)
-    x *= (0.5 * (amp_all[:-1] + amp_all[1:])).astype(np.float32)[:, None, :]
+    x *= amp[:, None, :]
     out = x[..., :M]
-    for k in range(1, P):
+    for k in range(1, x.shape[-1] // M):
         out = out + x[..., k * M:(k + 1) * M]
-    out = out.reshape(-1, M)
-    return out[skip:n]
+    return out
+
+
+try:  # numba ships with librosa; the numpy path is used where it is missing or disabled
+    if os.environ.get('MMDISTILL_SIM_NUMBA', '1') == '0':
+        raise ImportError
+    import numba
+
+    @numba.njit(cache=True, fastmath=False, nogil=True)
+    def _frac_delay_numba(s32, d32, dpos, rem, off, amp, M):  # pragma: no cover - compiled
+        G1, C = dpos.shape
+        out = np.zeros((G1, _FRAC.shape[0], M), np.float32)
+        for g in range(G1):
+            for c in range(C):
+                d = dpos[g, c]
+                r = rem[g, c]
+                o = off[g, c]
+                a = amp[g, c]
+                m = c % M
+                for j in range(_FRAC.shape[0]):
+                    p = np.float32(d * _FRAC[j])
+                    p = np.float32(p + r)
+                    i = np.intp(p)
+                    f = np.float32(p - np.float32(i))
+                    idx = i + o
+                    x = np.float32(d32[idx] * f)
+                    x = np.float32(x + s32[idx])
+                    x = np.float32(x * a)
+                    if c < M:
+                        out[g, j, m] = x
+                    else:
+                        out[g, j, m] = np.float32(out[g, j, m] + x)
+        return out
+
+    _frac_delay = _frac_delay_numba
+except ImportError:  # pragma: no cover
+    _frac_delay = _frac_delay_numpy
 
 
 class AcousticRenderer:

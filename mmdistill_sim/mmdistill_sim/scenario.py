@@ -437,7 +437,8 @@ def schema_markdown() -> str:
             lo, hi = f.metadata.get('lo'), f.metadata.get('hi')
             if lo is not None or hi is not None:
                 rng = f' (range {">" if f.metadata.get("lo_open") else ""}{lo} .. {hi})'
-            rows.append(f'| `{name}` | {_type_name(tp)} | {f.metadata.get("unit", "")} | {shown} | '
+            type_cell = _type_name(tp).replace('|', '\\|')   # a literal's choices, escaped for the table
+            rows.append(f'| `{name}` | {type_cell} | {f.metadata.get("unit", "")} | {shown} | '
                         f'{f.metadata.get("doc", "")}{rng} |')
 
     walk(Scenario, '')
