@@ -338,7 +338,6 @@ class AcousticRenderer:
     """All sound of a scenario (vehicles, ego, ambient, wind, rain) at the array, block by block."""
 
     def __init__(self, world, mic_ego: np.ndarray):
-        from .world import World  # noqa: F401  (type only)
         self.world = world
         sc = world.sc
         self.sc = sc
@@ -351,6 +350,7 @@ class AcousticRenderer:
         f = SegmentNoise.freqs(seg, self.fs)
         fsafe = np.maximum(f, 1.0)
         self.sources: list[tuple[object, Source, float]] = []
+        self._bank: Optional[np.ndarray] = None
         for v in world.vehicles:
             if not v.engine_on:
                 continue
@@ -392,19 +392,52 @@ class AcousticRenderer:
         p = self.ambient_pa ** 2 + self.rain_pa ** 2 + self.ego_pa ** 2
         return float(10 * np.log10(max(p, 1e-20) / P_REF ** 2))
 
+    TYRE_PEAKS_HZ = (700.0, 1000.0, 1300.0)
+    TYRE_BANK_LEN = 1 << 19          # 11.9 s at 44.1 kHz
+
+    def _tyre_bank(self, f: np.ndarray, fsafe: np.ndarray, seg: int) -> np.ndarray:
+        """Circular bank of band-split tyre/road noise, one row per reference timbre: (K, 3, L) float32.
+
+        Drawing fresh shaped noise per vehicle costs four FFTs per segment; vehicles instead read this
+        bank at their own offsets and mix two neighbouring timbres, which keeps them mutually
+        uncorrelated (offsets seconds apart) and individually coloured at a fraction of the cost.
+        The bank is made circular by a power-complementary crossfade of its tail into its head.
+        """
+        L = self.TYRE_BANK_LEN
+        band = np.digitize(f, BAND_EDGES_HZ)
+        rows = []
+        for i, peak in enumerate(self.TYRE_PEAKS_HZ):
+            shape = np.exp(-0.5 * (np.log(fsafe / peak) / 0.7) ** 2) + 0.05 / np.sqrt(fsafe / 100.0)
+            shape = np.where(f > 30, shape, 0.0)
+            shapes = np.stack([np.where(band == b, shape, 0.0) for b in range(3)])
+            x = SegmentNoise((self.sc.seed, 1, i), shapes, channels=1, seg=seg).render(0, L + seg)[:, 0, :]
+            w = np.sin(0.5 * np.pi * (np.arange(seg) + 0.5) / seg).astype(np.float32)
+            x[:, :seg] = x[:, :seg] * w + x[:, L:L + seg] * np.sqrt(1 - w * w)
+            rows.append(x[:, :L])
+        return np.stack(rows)
+
     def _vehicle_source(self, v, f: np.ndarray, fsafe: np.ndarray, seg: int) -> Source:
         fs = self.fs
         engine = EngineSynth(v.rpm, v.harmonics, v.wobble, db_to_pa(v.engine_db), fs)
         tyre_pa = db_to_pa(v.tyre_db) if v.moving else 0.0
-        tyre_shape = np.exp(-0.5 * (np.log(fsafe / v.tyre_peak_hz) / 0.7) ** 2) + 0.05 / np.sqrt(fsafe / 100.0)
-        band = np.digitize(f, BAND_EDGES_HZ)
-        shapes = np.stack([np.where(band == b, tyre_shape, 0.0) for b in range(3)])
-        tyre = SegmentNoise((self.sc.seed, 1, v.seed_key), shapes, channels=1, seg=seg) if tyre_pa > 0 else None
+        if tyre_pa > 0 and self._bank is None:
+            self._bank = self._tyre_bank(f, fsafe, seg)
+        bank, L = self._bank, self.TYRE_BANK_LEN
+        peaks = self.TYRE_PEAKS_HZ
+        k = int(np.clip(np.searchsorted(peaks, v.tyre_peak_hz) - 1, 0, len(peaks) - 2))
+        w = float(np.clip((v.tyre_peak_hz - peaks[k]) / (peaks[k + 1] - peaks[k]), 0, 1))
+        gains = (np.float32(tyre_pa * np.sqrt(1 - w)), np.float32(tyre_pa * np.sqrt(w)))
+        g = _rng(self.sc.seed, 2, v.seed_key)
+        offs = (int(g.integers(0, L)), int(g.integers(0, L)))
+
+        def read(row: int, off: int, s0: int, s1: int) -> np.ndarray:
+            idx = (np.arange(s0, s1) + off) % L
+            return np.take(bank[row], idx, axis=1)
 
         def signal(s0: int, s1: int) -> np.ndarray:
             out = engine.render(np.arange(s0, s1) / fs)
-            if tyre is not None:
-                out += tyre.render(s0, s1)[:, 0, :] * tyre_pa
+            if tyre_pa > 0:
+                out = out + read(k, offs[0], s0, s1) * gains[0] + read(k + 1, offs[1], s0, s1) * gains[1]
             return out
 
         return Source(v.p0, v.vel, signal, v.t_on, v.t_off)
@@ -456,7 +489,8 @@ class AcousticRenderer:
                 out += self.ambient.render(n0, n1)[0].T * self.ambient_pa
             if self.wind_pa > 0:
                 t = np.arange(n0, n1) / self.fs
-                gust = 1.0 + 0.5 * np.sin(2 * np.pi * self.gust[0][:, None] * t[None, :] + self.gust[1][:, None]).mean(0)
+                ph = 2 * np.pi * self.gust[0][:, None] * t[None, :] + self.gust[1][:, None]
+                gust = 1.0 + 0.5 * np.sin(ph).mean(0)     # slow gusts (0.03-0.3 Hz)
                 w = self.wind.render(n0, n1)[0].T @ self.wind_mix
                 out += w * (gust * self.wind_pa)[:, None]
             if self.rain_pa > 0:

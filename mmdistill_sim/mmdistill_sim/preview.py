@@ -27,7 +27,7 @@ def contact_sheet(sim: Simulator, out: Union[str, Path], times_s: Optional[Seque
                   n: int = 3, dpi: int = 110) -> Path:
     """Write a contact sheet (one row per chosen time) and return its path.
 
-    Default times: the ``n`` frames with the most ground-truth vehicles in view, at least 1 s into the drive.
+    Default times: the ``n`` whole-second frames with the most vehicles at least 8 px high, from 1 s on.
     """
     import matplotlib
     matplotlib.use('Agg')
@@ -39,7 +39,9 @@ def contact_sheet(sim: Simulator, out: Union[str, Path], times_s: Optional[Seque
     if times_s is None:
         first = int(np.ceil(fr))
         cand = list(range(first, sim.n_frames, max(1, int(fr))))
-        counts = [len(sim.renderer.render(sim.frame_time(k), k)[3]) for k in cand]
+        def n_big(gt):   # vehicles large enough to matter (box at least 8 px high)
+            return int(np.sum(gt.boxes[:, 3] - gt.boxes[:, 1] >= 8)) if len(gt) else 0
+        counts = [n_big(sim.renderer.render(sim.frame_time(k), k)[3]) for k in cand]
         order = np.argsort(-np.asarray(counts), kind='stable')[:n]
         ks = sorted(cand[i] for i in order) if cand else [0]
     else:

@@ -224,7 +224,7 @@ class Audio:
     air_absorption: bool = _f(True, doc='frequency-dependent air absorption (ISO 9613-1-like band values)')
     occluder_loss_db: float = _f(12.0, unit='dB', lo=0.0, hi=60.0,
                                  doc='mid-band (1-4 kHz) loss behind an occluder; low band 0.6x, high band 1.5x')
-    max_range_m: float = _f(400.0, unit='m', lo=1.0, hi=10000.0, doc='sources farther away are not rendered')
+    max_range_m: float = _f(250.0, unit='m', lo=1.0, hi=10000.0, doc='sources farther away are not rendered')
 
 
 @dataclass

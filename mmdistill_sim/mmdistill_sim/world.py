@@ -158,9 +158,6 @@ class World:
         probs = tr.class_mix.probabilities()
         # scripted vehicles first: their ids do not depend on the random traffic
         for sv in tr.scripted:
-            lane = lanes[sv.lane]
-            sign = 1.0 if lane.travel == 'positive' else -1.0
-            del sign
             self.vehicles.append(self._make_vehicle(rng, vid, sv.kind, sv.lane, sv.position_m, sv.speed_mps,
                                                     -np.inf, np.inf, sv.engine_on))
             vid += 1

@@ -189,3 +189,20 @@ def test_audio_blocks_are_split_invariant_and_scaled():
     # normal street scene: far below int16 full scale, far above its quantisation step
     assert 1e-3 < np.abs(whole).max() < 0.5
     assert whole.std() > 3 / 32767
+
+
+def test_compiled_and_numpy_kernels_give_identical_bits():
+    from mmdistill_sim import acoustics
+    if acoustics._frac_delay is acoustics._frac_delay_numpy:
+        pytest.skip('numba not available: only the numpy kernel exists')
+    rng = np.random.default_rng(0)
+    s32 = rng.standard_normal(5000).astype(np.float32)
+    d32 = np.append(np.diff(s32), np.float32(0))
+    G1, M = 100, 8
+    dpos = rng.uniform(30.5, 33.5, (G1, 2 * M)).astype(np.float32)
+    rem = rng.uniform(0, 1, (G1, 2 * M)).astype(np.float32)
+    off = (np.arange(G1)[:, None] * 32 + rng.integers(0, 20, (G1, 2 * M))).astype(np.intp)
+    amp = rng.uniform(0.01, 1, (G1, 2 * M)).astype(np.float32)
+    a = acoustics._frac_delay(s32, d32, dpos, rem, off, amp, M)
+    b = acoustics._frac_delay_numpy(s32, d32, dpos, rem, off, amp, M)
+    assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b)

@@ -47,7 +47,8 @@ def test_frame_and_chunk_timing():
     assert np.array_equal(np.concatenate([c.data for c in chunks]), whole)
     raw = chunks[0].to_s16le()
     assert len(raw) == cs * 8 * 2
-    assert np.array_equal(np.frombuffer(raw, '<i2').reshape(-1, 8), np.round(chunks[0].data * 32767).astype(np.int16))
+    expected = np.round(chunks[0].data.astype(np.float64) * 32767).astype(np.int16)
+    assert np.array_equal(np.frombuffer(raw, '<i2').reshape(-1, 8), expected)
 
 
 def test_stream_is_time_ordered():
