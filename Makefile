@@ -2,7 +2,7 @@
 # Both set up the pip-mode workspace first (tools/make_env.sh, idempotent).
 SHELL := /bin/bash
 PYTEST_ARGS ?=
-DEMO_ARGS ?=
+DEMO_ARGS ?= --force
 
 .PHONY: env test demo bench clean
 
