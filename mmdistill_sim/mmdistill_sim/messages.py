@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Iterator, List, Tuple
 
 from mmdistill_common import topics
-from mmdistill_common.conversions import audio_info, detections_to_msg, image_to_msg, make_header
+from mmdistill_common.conversions import audio_info, audio_to_msg, detections_to_msg, image_to_msg, make_header
 from mmdistill_msgs.msg import SimTruth, VehicleTruth
 from sensor_msgs.msg import CameraInfo
 
@@ -62,7 +62,6 @@ def frame_messages(sim: Simulator, frame: Frame, images: bool = True) -> List[Tu
 
 
 def audio_message(chunk: AudioChunk):
-    from mmdistill_common.conversions import audio_to_msg
     return audio_to_msg(to_int16(chunk.data), chunk.stamp_ns, MIC_FRAME)
 
 
