@@ -38,7 +38,8 @@ from mmdistill_common.errors import ConfigError
 
 from .detector import SENSOR_CHANNELS, TeacherConfig, TeacherDetector
 
-__all__ = ['FORMAT', 'FORMAT_VERSION', 'METADATA_KEY', 'save_teacher', 'load_teacher', 'read_metadata']
+__all__ = ['FORMAT', 'FORMAT_VERSION', 'METADATA_KEY', 'save_teacher', 'load_teacher', 'read_metadata',
+           'teacher_path', 'load_teachers']
 
 FORMAT = 'mmdistill-teacher'
 FORMAT_VERSION = 1
@@ -170,3 +171,18 @@ def load_teacher(path: PathLike, modality: Optional[str] = None,
     model.load_state_dict(tensors, strict=True)
     model.training_info = dict(meta.get('training', {}))
     return model.to(device).eval()
+
+
+def teacher_path(directory: PathLike, modality: str) -> Path:
+    """Where a teachers directory keeps ``modality``'s weights: ``DIR/<modality>.safetensors``."""
+    return Path(directory) / f'{modality}.safetensors'
+
+
+def load_teachers(directory: PathLike, modalities=('rgb', 'depth', 'thermal'),
+                  device: Union[str, torch.device] = 'cpu') -> 'dict[str, TeacherDetector]':
+    """Load ``DIR/<m>.safetensors`` for every modality (the layout ``mmdistill teachers train``
+    writes); each file must hold the teacher of its name's modality."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(f'teachers directory not found: {directory}')
+    return {m: load_teacher(teacher_path(directory, m), modality=m, device=device) for m in modalities}
