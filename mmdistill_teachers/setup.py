@@ -22,6 +22,9 @@ setup(
     license='Apache-2.0',
     entry_points={
         'console_scripts': [
+            'teacher_node = mmdistill_teachers.teacher_node:main',
+            'pseudo_label_node = mmdistill_teachers.pseudo_label_node:main',
+            'recorder_node = mmdistill_teachers.recorder_node:main',
         ],
     },
 )

@@ -48,6 +48,9 @@ def save_checkpoint(model: StudentDetector, directory: PathLike, info: Optional[
     meta = {'format': FORMAT, 'format_version': FORMAT_VERSION, 'config': model.config.to_dict(),
             'window_mode': fe.mode, 'channels': fe.channels, 'sample_rate': fe.sample_rate,
             'versions': _versions(), 'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
+    clash = set(info or {}) & {'format', 'format_version', 'config', 'window_mode', 'channels', 'sample_rate'}
+    if clash:
+        raise ConfigError(f'checkpoint info must not override {sorted(clash)}')
     meta.update(info or {})
     try:
         text = json.dumps(meta, sort_keys=True)

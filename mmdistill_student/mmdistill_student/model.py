@@ -56,11 +56,12 @@ class StudentConfig:
     class_names: Tuple[str, ...] = ('vehicle',)
     image_size: Tuple[int, int] = (384, 128)
     strides: Tuple[int, ...] = (8, 16, 32)
-    head_convs: int = 2
-    head_width: Optional[int] = None
+    head_convs: int = 1
+    head_width: Optional[int] = 32
     score_threshold: float = 0.3
     nms_iou: float = 0.5
     max_detections: int = 20
+    pre_nms_top_k: int = 100
     attention_r: float = 2.0
 
     def __post_init__(self):
@@ -173,7 +174,8 @@ class StudentDetector(nn.Module):
             c = self.config
             dets = decode(outputs, score_threshold=c.score_threshold if score_threshold is None else score_threshold,
                           nms_iou=c.nms_iou if nms_iou is None else nms_iou,
-                          max_detections=c.max_detections, class_agnostic_nms=True)
+                          max_detections=c.max_detections, pre_nms_top_k=c.pre_nms_top_k,
+                          class_agnostic_nms=True)
         finally:
             self.train(was)
         return [{'boxes': b, 'scores': s, 'labels': l} for b, s, l in dets]

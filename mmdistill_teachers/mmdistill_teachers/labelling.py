@@ -11,6 +11,7 @@ teachers that delivered this frame, in the order of ``PseudoLabel.attention``.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -22,8 +23,8 @@ from mmdistill_common.errors import ConfigError, InputError
 
 from .fusion import DEFAULT_MODALITIES, FusedDetections, fuse_detections
 
-__all__ = ['FusionConfig', 'PseudoLabelData', 'teacher_messages', 'detections_from_messages',
-           'fuse_messages', 'parse_pseudo_label', 'SUPPORT_SEPARATOR']
+__all__ = ['FusionConfig', 'PseudoLabelData', 'teacher_messages', 'run_teacher', 'detections_from_messages',
+           'fuse_messages', 'parse_pseudo_label', 'PartialFrames', 'SUPPORT_SEPARATOR']
 
 SUPPORT_SEPARATOR = '+'
 
@@ -74,6 +75,29 @@ def teacher_messages(result: Mapping, modality: str, stamp_ns: int, strides: Seq
     att = attention_to_msg(result['attention'], strides, modality, stamp_ns=stamp_ns,
                            frame_id=frame_id)
     return det, att
+
+
+def run_teacher(teacher, images: Sequence[np.ndarray], stamps_ns: Sequence[int], frame_ids: Sequence[str],
+                score_threshold: Optional[float] = None, nms_iou: Optional[float] = None,
+                max_detections: Optional[int] = None) -> List[Tuple[object, object]]:
+    """Run one teacher on a batch of images -> per image ``(Detection2DArray, AttentionPyramid)``.
+
+    The live ``teacher_node`` (batches of one) and ``mmdistill label`` (larger batches) both
+    call this, so thresholds and conversions cannot drift apart. ``None`` thresholds take the
+    values stored with the weights. Raises :class:`InputError` for an unusable image."""
+    if not (len(images) == len(stamps_ns) == len(frame_ids)):
+        raise ValueError('images, stamps_ns and frame_ids must have the same length')
+    kwargs = {}
+    if score_threshold is not None:
+        kwargs['score_threshold'] = float(score_threshold)
+    if nms_iou is not None:
+        kwargs['nms_iou'] = float(nms_iou)
+    if max_detections is not None:
+        kwargs['max_detections'] = int(max_detections)
+    results = teacher.predict(list(images), **kwargs)
+    strides = getattr(getattr(teacher, 'config', None), 'strides', (8, 16, 32))
+    return [teacher_messages(r, teacher.modality, int(t), strides, teacher.class_names, frame_id=f)
+            for r, t, f in zip(results, stamps_ns, frame_ids)]
 
 
 def detections_from_messages(det_msg, att_msg=None, class_names: Sequence[str] = ('vehicle',)) -> dict:
@@ -139,3 +163,83 @@ def parse_pseudo_label(msg) -> PseudoLabelData:
     support = [[s for s in i.split(SUPPORT_SEPARATOR) if s] for i in d.ids]
     return PseudoLabelData(stamp_to_ns(msg.header.stamp), d.boxes, d.scores, list(d.labels),
                            support, list(msg.modalities), att)
+
+
+class PartialFrames:
+    """Teacher messages waiting for their frame's other teachers (``missing_teacher_policy=partial``).
+
+    Why: the approximate-time synchronizer only ever emits complete sets, so a dead or slow
+    teacher would silence the pseudo-labels. Every teacher message is also kept here; a
+    frame whose oldest message has waited ``max_wait_s`` is fused from what arrived within
+    ``slop_ns`` of it. Frames fused (completely or partially) are remembered, so a late
+    message of an already-labelled frame is recognised and dropped instead of labelling the
+    frame twice. ROS-free: stamps and clock readings are plain numbers.
+    """
+
+    KINDS = ('det', 'att')
+
+    def __init__(self, modalities: Sequence[str], slop_ns: int, max_wait_s: float, queue_size: int = 50,
+                 remember: int = 200) -> None:
+        self.modalities = tuple(modalities)
+        self.slop_ns = int(slop_ns)
+        self.max_wait_s = float(max_wait_s)
+        self.queue_size = int(queue_size)
+        # (modality, kind) -> {stamp_ns: (msg, arrival_s)}
+        self.pending: Dict[Tuple[str, str], Dict[int, Tuple[object, float]]] = {
+            (m, k): {} for m in self.modalities for k in self.KINDS}
+        self._fused: deque = deque(maxlen=remember)
+        self.evicted = 0
+
+    def already_fused(self, stamp_ns: int) -> bool:
+        """A frame within the slop of ``stamp_ns`` was already labelled."""
+        return any(abs(int(stamp_ns) - f) <= self.slop_ns for f in self._fused)
+
+    def add(self, modality: str, kind: str, stamp_ns: int, msg, now_s: float) -> bool:
+        """Keep one message; False (not kept) when its frame was already labelled."""
+        if self.already_fused(stamp_ns):
+            return False
+        q = self.pending[(modality, kind)]
+        q[int(stamp_ns)] = (msg, float(now_s))
+        while len(q) > self.queue_size:
+            del q[min(q)]
+            self.evicted += 1
+        return True
+
+    def mark_fused(self, stamps: Mapping[Tuple[str, str], int], frame_stamp_ns: int) -> None:
+        """A set was labelled: forget its messages (``(modality, kind) -> stamp``) and remember the frame."""
+        for key, t in stamps.items():
+            self.pending[key].pop(int(t), None)
+        self._fused.append(int(frame_stamp_ns))
+
+    def due(self, now_s: float) -> List[Tuple[int, Dict[str, object], Dict[str, object]]]:
+        """Frames that waited ``max_wait_s``: ``[(anchor_stamp_ns, det_msgs, att_msgs)]``, removed.
+
+        A modality counts as present only with both its detections and its attention
+        (nearest within the slop of the anchor); a frame with no complete modality is
+        returned with empty dicts (the caller counts it as dropped)."""
+        out = []
+        while True:
+            oldest = None
+            for q in self.pending.values():
+                for t, (_, arrival) in q.items():
+                    if oldest is None or arrival < oldest[1] or (arrival == oldest[1] and t < oldest[0]):
+                        oldest = (t, arrival)
+            if oldest is None or now_s - oldest[1] < self.max_wait_s:
+                return out
+            anchor = oldest[0]
+            dets, atts, used = {}, {}, {}
+            for m in self.modalities:
+                pick = {}
+                for k in self.KINDS:
+                    near = [t for t in self.pending[(m, k)] if abs(t - anchor) <= self.slop_ns]
+                    if near:
+                        pick[k] = min(near, key=lambda t: abs(t - anchor))
+                for k, t in pick.items():        # consumed either way: a lone half is useless
+                    used[(m, k)] = t
+                if len(pick) == 2:
+                    dets[m] = self.pending[(m, 'det')][pick['det']][0]
+                    atts[m] = self.pending[(m, 'att')][pick['att']][0]
+            for (m, k), t in used.items():
+                self.pending[(m, k)].pop(t, None)
+            self._fused.append(anchor)
+            out.append((anchor, dets, atts))

@@ -23,6 +23,22 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
              'the end-to-end job on the built-in simulator (runs the stages built so far, writes a report)'),
     'sim': ('mmdistill_training.commands.sim',
             'simulate a drive into a rosbag2 bag, write a preview contact sheet, or list scenarios'),
+    'teachers': ('mmdistill_training.commands.teachers',
+                 'train the RGB / depth / thermal teachers on simulator bags and evaluate them, alone and fused'),
+    'replay-eval': ('mmdistill_training.commands.replay_eval',
+                    'replay a bag through the car graph (student + tracker) and score detections and tracks'),
+    'train': ('mmdistill_training.commands.train',
+              'train the audio student: counting pretext or distillation (focal + MTA) on a dataset'),
+    'evaluate': ('mmdistill_training.commands.evaluate',
+                 'score a student checkpoint against pseudo-labels and ground truth, by condition'),
+    'ablate': ('mmdistill_training.commands.ablate',
+               'train and evaluate the baselines and ablations; write the comparison table'),
+    'dataset': ('mmdistill_training.commands.dataset',
+                'build a training dataset directory from labelled bags (mmdistill dataset build)'),
+    'label': ('mmdistill_training.commands.label',
+              'run the RGB, depth and thermal teachers and the fusion over a bag -> labelled bag'),
+    'export': ('mmdistill_training.commands.export',
+               'export a student checkpoint to ONNX (+ JSON metadata) for ONNX Runtime'),
 }
 
 

@@ -1,0 +1,168 @@
+"""``pseudo_label_node``: fuse the three teachers' outputs of each frame into a ``PseudoLabel``.
+
+Subscribes ``/teachers/<m>/detections`` and ``/teachers/<m>/attention`` for rgb, depth and
+thermal, matches them with the approximate-time synchronizer (``mmdistill_common.sync``,
+``slop``) and publishes ``/pseudo_labels`` through
+:func:`mmdistill_teachers.labelling.fuse_messages`, the same call ``mmdistill label`` uses.
+
+``missing_teacher_policy``: ``wait`` labels only frames for which all three teachers
+delivered; ``partial`` also labels, ``max_wait`` seconds after its first message arrived, a
+frame with what arrived within the slop (``PseudoLabel.modalities`` says which teachers it
+holds). Counters (``stats``) are logged every ``summary_period`` seconds.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from typing import Dict
+
+import rclpy
+from mmdistill_msgs.msg import AttentionPyramid, PseudoLabel
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from vision_msgs.msg import Detection2DArray
+
+from mmdistill_common import sync, topics
+from mmdistill_common.conversions import stamp_to_ns
+from mmdistill_common.errors import MmdistillError
+from mmdistill_common.params import Param, declare_parameters
+from mmdistill_common.qos import incompatible_qos_warner, stream_qos
+
+from .fusion import DEFAULT_MODALITIES
+from .labelling import FusionConfig, PartialFrames, fuse_messages
+
+PARAMS = [
+    Param('score_threshold_rgb', 0.5, 'Fusion: RGB detections below this score are ignored.', min=0.0, max=1.0),
+    Param('score_threshold_depth', 0.5, 'Fusion: depth detections below this score are ignored.', min=0.0, max=1.0),
+    Param('score_threshold_thermal', 0.5, 'Fusion: thermal detections below this score are ignored.',
+          min=0.0, max=1.0),
+    Param('iou_threshold', 0.5, 'Fusion: NMS suppression / WBF clustering IoU (paper: 0.5).', min=0.01, max=1.0),
+    Param('method', 'nms', 'Fusion: class-agnostic NMS over the union (paper) or weighted box fusion.',
+          choices=('nms', 'wbf')),
+    Param('max_detections', 50, 'At most this many pseudo-label boxes per frame.', min=1, max=10000),
+    Param('class_names', ['vehicle'], 'Class ids the teachers emit, in model order.'),
+    Param('slop', 0.05, 'Seconds by which the stamps of one frame\'s teacher messages may differ.',
+          min=0.0, max=10.0),
+    Param('queue_size', 30, 'Messages kept per input while waiting for a match.', min=1, max=10000),
+    Param('missing_teacher_policy', 'wait', 'wait: label only frames all three teachers delivered; partial: '
+          'after max_wait seconds label a frame with the teachers that delivered.', choices=('wait', 'partial')),
+    Param('max_wait', 0.5, 'partial policy: seconds to wait for a frame\'s missing teachers.', min=0.0, max=60.0),
+    Param('reliability', 'reliable', 'QoS reliability of the teacher subscriptions and the output.',
+          choices=('reliable', 'best_effort')),
+    Param('summary_period', 10.0, 'Seconds between log lines with the counters; 0 = never.', min=0.0,
+          max=3600.0),
+]
+
+
+class PseudoLabelNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__('pseudo_label_node', **kwargs)
+        p = self.p = declare_parameters(self, PARAMS)
+        self.modalities = DEFAULT_MODALITIES
+        self.config = FusionConfig(
+            score_thresholds={m: p[f'score_threshold_{m}'] for m in self.modalities},
+            iou_threshold=p['iou_threshold'], method=p['method'], modalities=self.modalities,
+            max_detections=p['max_detections'])
+        self.class_names = tuple(p['class_names'])
+        self.stats: Counter = Counter()
+        qos = stream_qos(p['reliability'], depth=max(10, p['queue_size']))
+        pub_events, _ = incompatible_qos_warner(self, topics.PSEUDO_LABELS)
+        self._pub = self.create_publisher(PseudoLabel, topics.PSEUDO_LABELS, qos, event_callbacks=pub_events)
+        inputs = []
+        for m in self.modalities:
+            for kind, msg_type, topic in (('det', Detection2DArray, topics.teacher_detections_topic(m)),
+                                          ('att', AttentionPyramid, topics.teacher_attention_topic(m))):
+                _, sub_events = incompatible_qos_warner(self, topic)
+                s = sync.Subscriber(self, msg_type, topic, qos_profile=qos, event_callbacks=sub_events)
+                s.registerCallback(self._on_message, m, kind)
+                inputs.append(s)
+        self._sync = sync.ApproximateTimeSynchronizer(inputs, queue_size=p['queue_size'], slop=p['slop'])
+        self._sync.registerCallback(self._on_set)
+        self._partial = None
+        if p['missing_teacher_policy'] == 'partial':
+            self._partial = PartialFrames(self.modalities, int(round(p['slop'] * 1e9)), p['max_wait'],
+                                          queue_size=p['queue_size'])
+            self.create_timer(max(0.01, min(0.1, p['max_wait'] / 2)), self._sweep)
+        if p['summary_period'] > 0:
+            self.create_timer(p['summary_period'], self.log_summary)
+        self._last_summary: Dict[str, int] = {}
+        self.get_logger().info(f'fusing {", ".join(self.modalities)} with {p["method"]} '
+                               f'(policy {p["missing_teacher_policy"]}, slop {p["slop"]} s)')
+
+    # ------------------------------------------------------------------ inputs
+    def _on_message(self, msg, modality: str, kind: str) -> None:
+        self.stats[f'received_{modality}_{kind}'] += 1
+        if self._partial is not None:
+            if not self._partial.add(modality, kind, stamp_to_ns(msg.header.stamp), msg, time.monotonic()):
+                self.stats['late'] += 1
+
+    def _on_set(self, *msgs) -> None:
+        """A complete set from the synchronizer, in input order (det, att per modality)."""
+        dets = {m: msgs[2 * i] for i, m in enumerate(self.modalities)}
+        atts = {m: msgs[2 * i + 1] for i, m in enumerate(self.modalities)}
+        stamp = stamp_to_ns(dets[self.modalities[0]].header.stamp)
+        if self._partial is not None:
+            if self._partial.already_fused(stamp):
+                return                      # labelled partially before its late teacher came in
+            used = {(m, k): stamp_to_ns(x.header.stamp) for m in self.modalities
+                    for k, x in (('det', dets[m]), ('att', atts[m]))}
+            self._partial.mark_fused(used, stamp)
+        self._publish(stamp, dets, atts, partial=False)
+
+    def _sweep(self) -> None:
+        for anchor, dets, atts in self._partial.due(time.monotonic()):
+            if not dets:
+                self.stats['incomplete'] += 1
+                continue
+            ref = next(iter(dets.values()))
+            stamp = stamp_to_ns(ref.header.stamp) if self.modalities[0] not in dets \
+                else stamp_to_ns(dets[self.modalities[0]].header.stamp)
+            self._publish(stamp, dets, atts, partial=True)
+
+    def _publish(self, stamp: int, dets, atts, partial: bool) -> None:
+        frame_id = next(iter(dets.values())).header.frame_id
+        try:
+            msg, fused = fuse_messages(stamp, dets, atts, self.config, self.class_names, frame_id=frame_id)
+        except MmdistillError as exc:
+            self.stats['invalid'] += 1
+            self.get_logger().warning(f'dropped a frame: {exc}', throttle_duration_sec=5.0)
+            return
+        for m in self.modalities:
+            if m not in dets:
+                self.stats[f'missing_{m}'] += 1
+        self.stats['fused_partial' if partial else 'fused'] += 1
+        self._pub.publish(msg)
+
+    def log_summary(self) -> None:
+        current = dict(self.stats)
+        if current == self._last_summary:
+            return
+        self._last_summary = current
+        received = min((current.get(f'received_{m}_det', 0) for m in self.modalities), default=0)
+        text = ', '.join(f'{k} {v}' for k, v in sorted(current.items()) if not k.startswith('received_'))
+        self.get_logger().info(f'pseudo-labels: {text or "none yet"}; '
+                               f'{received} frames from the slowest teacher')
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = PseudoLabelNode()
+        rclpy.spin(node)
+    except MmdistillError as exc:
+        print(f'pseudo_label_node: error: {exc}', file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.log_summary()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""``mmdistill ablate``: train and evaluate the baselines and ablations, write one table."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mmdistill_training.ablate import EXPERIMENTS
+    parser.add_argument('--dataset', type=Path, required=True, help='dataset directory')
+    parser.add_argument('--out', type=Path, required=True,
+                        help='directory for one checkpoint per method, table.md and results.json '
+                             '(finished methods are reused)')
+    parser.add_argument('--only', nargs='+', metavar='NAME',
+                        help='run only these: ' + ', '.join(e.name for e in EXPERIMENTS))
+    parser.add_argument('--epochs', type=int, help='override the epochs of every trained method')
+    parser.add_argument('--pretext-epochs', type=int, help='override the pretext epochs')
+    parser.add_argument('--split', default='test', help='split to evaluate (default test)')
+    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmdistill_common.errors import ConfigError
+    from mmdistill_training.ablate import run_ablation
+    for flag in ('epochs', 'pretext_epochs'):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            raise ConfigError(f'--{flag.replace("_", "-")} must be >= 1, got {v}')
+    summary = run_ablation(args.dataset, args.out, args.only, args.epochs, args.pretext_epochs,
+                           progress=not args.quiet, split=args.split)
+    print((args.out / 'table.md').read_text())
+    return 0

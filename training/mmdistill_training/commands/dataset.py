@@ -1,0 +1,42 @@
+"""``mmdistill dataset build``: labelled bags -> dataset directory (docs/data-formats.md §3)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mmdistill_common.errors import ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest='dataset_command', metavar='SUBCOMMAND', required=True)
+    b = sub.add_parser('build', help='build a dataset directory from labelled bags',
+                       description='Cut a 1-s window per labelled frame, run the audio front end, store '
+                                   'features, pseudo-labels, teacher boxes, attention, ground truth and splits.')
+    b.add_argument('--bags', nargs='+', type=Path, required=True, metavar='BAG', help='labelled bags (one per drive)')
+    b.add_argument('--out', type=Path, required=True, help='dataset directory to create (must not exist)')
+    b.add_argument('--window', choices=('centered', 'causal'), default='centered',
+                   help='window centred on the frame stamp (paper) or ending at it (no look-ahead)')
+    b.add_argument('--features', default='logmel,ild,gcc',
+                   help='comma-separated feature groups among logmel,ild,gcc (logmel required; default all)')
+    b.add_argument('--frame-stride', type=int, default=1, metavar='K', help='keep every K-th labelled frame')
+    b.add_argument('--split', type=Path, metavar='FILE.json',
+                   help='{"train": [...], "val": [...], "test": [...]} drive names instead of the split rule')
+    b.add_argument('--batch-size', type=int, default=2,
+                   help='windows per front-end call (default 2; on CPU larger batches are slower, see benchmarks)')
+    b.add_argument('--quiet', action='store_true', help='no progress bars')
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmdistill_training.dataset_build import BuildConfig, build_dataset
+    if args.dataset_command != 'build':
+        raise ConfigError(f'unknown dataset subcommand {args.dataset_command!r}')
+    features = tuple(f.strip() for f in args.features.split(',') if f.strip())
+    cfg = BuildConfig(window=args.window, features=features, frame_stride=args.frame_stride,
+                      split_file=args.split, batch_size=args.batch_size)
+    index = build_dataset(args.bags, args.out, cfg, progress=not args.quiet)
+    summary = {'out': str(args.out), 'n_frames': index['n_frames'], 'drives': len(index['drives']),
+               'skipped': index['skipped'], 'splits': {k: len(v) for k, v in index['splits'].items()},
+               'content_hash': index['content_hash']}
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,53 @@
+"""``mmdistill label``: run the three teachers and the fusion over a bag -> labelled bag.
+
+The reusable part is :func:`mmdistill_training.labelling_offline.label_bag`; this module
+only parses arguments and prints the statistics as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mmdistill_common.errors import ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--bag', type=Path, required=True, help='input bag with audio and camera images')
+    parser.add_argument('--teachers', type=Path, required=True,
+                        help='teachers directory (DIR/rgb.safetensors, DIR/depth.safetensors, ...)')
+    parser.add_argument('--out', type=Path, required=True, help='labelled bag to create (must not exist)')
+    parser.add_argument('--thresholds', default=None, metavar='T',
+                        help="fusion score thresholds: one number for all teachers or "
+                             "'rgb=0.5,depth=0.5,thermal=0.5' (default 0.5 each)")
+    parser.add_argument('--method', choices=('nms', 'wbf'), default='nms',
+                        help='fusion: class-agnostic NMS over the union (paper, default) or weighted box fusion')
+    parser.add_argument('--iou', type=float, default=0.5, help='fusion IoU threshold (default 0.5)')
+    parser.add_argument('--max-detections', type=int, default=50, help='pseudo-label boxes per frame (default 50)')
+    parser.add_argument('--images', action='store_true', help='also copy the camera images and camera_info')
+    parser.add_argument('--batch-size', type=int, default=8,
+                        help='frames per forward pass (default 8; 1 reproduces teacher_node bit for bit)')
+    parser.add_argument('--slop', type=float, default=0.05,
+                        help='seconds by which the three cameras of one frame may differ (default 0.05)')
+    parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap', help='output bag storage')
+    parser.add_argument('--device', default='cpu', help='torch device for the teachers (default cpu)')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmdistill_teachers.labelling import FusionConfig
+    from mmdistill_teachers.weights import load_teachers
+
+    from ..labelling_offline import label_bag, parse_thresholds
+
+    if args.out.exists():
+        raise ConfigError(f'{args.out} already exists; choose a new bag path')
+    if not args.bag.exists():
+        raise ConfigError(f'input bag {args.bag} does not exist')
+    fusion = FusionConfig(score_thresholds=parse_thresholds(args.thresholds), iou_threshold=args.iou,
+                          method=args.method, max_detections=args.max_detections)
+    teachers = load_teachers(args.teachers, modalities=fusion.modalities, device=args.device)
+    stats = label_bag(args.bag, teachers, args.out, fusion, images=args.images, progress=not args.no_progress,
+                      batch_size=args.batch_size, slop=args.slop, storage=args.storage)
+    print(json.dumps(stats, indent=2))
+    return 0

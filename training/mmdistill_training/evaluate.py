@@ -1,0 +1,231 @@
+"""Evaluation of a student (or any predictor) on a dataset split (DESIGN §8).
+
+Every number is reported against two references -- the fused teacher pseudo-labels (the
+paper's protocol) and, where the dataset has it, the simulator's ground truth -- overall and
+split by condition (time of day, weather, ego motion, occlusion, scenario).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from mmdistill_common.errors import ConfigError
+
+from .dataset import DistillDataset
+from .metrics import evaluate_by_condition, evaluate_detections
+from .trainer import TEACHER_SCORE_THRESHOLD, plan_channels, predict_rows, reference_frames
+
+__all__ = ['check_frontend_compatible', 'student_predictor', 'evaluate_predictions', 'evaluate_checkpoint',
+           'headline', 'write_report', 'CONDITION_KEYS']
+
+CONDITION_KEYS = ('time_of_day', 'weather', 'ego_motion', 'occluded', 'scenario')
+_FRONTEND_MUST_MATCH = ('sample_rate', 'channels', 'n_mels', 'n_fft', 'hop', 'fmin', 'fmax', 'window_s', 'mode')
+
+
+def check_frontend_compatible(model_frontend: dict, ds_frontend: dict) -> None:
+    """The dataset's features must be what the student was trained on (ILD/GCC may be extra)."""
+    bad = [k for k in _FRONTEND_MUST_MATCH if model_frontend.get(k) != ds_frontend.get(k)]
+    if bad:
+        raise ConfigError('dataset front end differs from the checkpoint\'s in ' + ', '.join(
+            f'{k} ({ds_frontend.get(k)!r} vs {model_frontend.get(k)!r})' for k in bad))
+
+
+def student_predictor(model, meta: dict, ds: DistillDataset, score_threshold: float = 0.05,
+                      device='cpu') -> Callable[[Sequence[int]], List[dict]]:
+    """rows -> detections of a loaded student, reading the dataset's precomputed features."""
+    check_frontend_compatible(model.config.frontend, ds.frontend.to_dict())
+    cfg = meta.get('train_config', {})
+    features = cfg.get('features') or ['logmel'] + (['ild'] if model.config.frontend.get('use_ild') else []) \
+        + (['gcc'] if model.config.frontend.get('use_gccphat') else [])
+    plan = plan_channels(ds.frontend.to_dict(), ds.feature_groups, features, cfg.get('mics'))
+    if len(plan.dataset_channels) != model.config.in_channels:
+        raise ConfigError(f'checkpoint reads {model.config.in_channels} channels, the dataset provides '
+                          f'{len(plan.dataset_channels)} for its feature selection')
+
+    def predict(rows: Sequence[int]) -> List[dict]:
+        return predict_rows(model, ds, rows, plan.dataset_channels, score_threshold, device=device)
+    return predict
+
+
+def _conditions(ds: DistillDataset, rows: Sequence[int]) -> List[dict]:
+    out = []
+    for r in rows:
+        c = dict(ds.conditions(int(r)))
+        out.append({k: c[k] for k in CONDITION_KEYS if k in c})
+    return out
+
+
+def evaluate_predictions(ds: DistillDataset, rows: Sequence[int], predictions: List[dict],
+                         curves: bool = False) -> dict:
+    """Metrics of ``predictions`` (one per row) against pseudo-labels and ground truth, by condition."""
+    size = tuple(ds.index['image_size'])
+    conds = _conditions(ds, rows)
+    out: Dict[str, dict] = {'num_frames': len(rows)}
+    refs = {'pseudo_labels': reference_frames(ds, rows, 'fused')}
+    if ds.has_ground_truth:
+        refs['ground_truth'] = [{'boxes': np.asarray(ds.ground_truth(int(r))['boxes'], np.float64).reshape(-1, 4)}
+                                for r in rows]
+    for name, ref in refs.items():
+        res = evaluate_by_condition(predictions, ref, conds, size, keys=[k for k in CONDITION_KEYS
+                                                                         if any(k in c for c in conds)])
+        if curves:
+            res['all']['curves'] = evaluate_detections(predictions, ref, size, per_class=False,
+                                                       return_curves=True)['curves']
+        out[name] = res
+    return out
+
+
+def headline(result: dict, reference: str) -> dict:
+    """AP50, mAP_avg, CDx, CDy over all frames for one reference (NaN-safe floats)."""
+    if reference not in result:
+        return {k: float('nan') for k in ('AP50', 'mAP_avg', 'CDx', 'CDy')}
+    a = result[reference]['all']
+    return {k: float(a[k]) for k in ('AP50', 'mAP_avg', 'CDx', 'CDy')}
+
+
+def evaluate_checkpoint(checkpoint: Path, dataset: Path, split: str = 'test', score_threshold: float = 0.05,
+                        curves: bool = True) -> dict:
+    from mmdistill_student.checkpoint import load_checkpoint
+    ds = DistillDataset(dataset)
+    model, meta = load_checkpoint(checkpoint)
+    rows = ds.split_indices(split)
+    if len(rows) == 0:
+        raise ConfigError(f'dataset {dataset} has no {split!r} frames')
+    preds = student_predictor(model, meta, ds, score_threshold)(rows)
+    res = evaluate_predictions(ds, rows, preds, curves=curves)
+    res.update({'checkpoint': str(checkpoint), 'dataset': str(dataset), 'split': split,
+                'model': meta.get('train_config', {}).get('name'),
+                'dataset_hash': ds.content_hash, 'checkpoint_dataset_hash': meta.get('dataset', {}).get('content_hash')})
+    res['_predictions'] = preds
+    res['_rows'] = rows
+    return res
+
+
+# ------------------------------------------------------------------------ report
+
+def _fmt(v) -> str:
+    return '–' if v is None or (isinstance(v, float) and math.isnan(v)) else f'{v:.3f}' if abs(v) < 10 else f'{v:.1f}'
+
+
+def write_report(result: dict, ds: DistillDataset, out_dir: Path, title: str = 'Student evaluation',
+                 n_examples: int = 4) -> Path:
+    """Markdown report with the condition tables, PR curves, CD histograms and example frames."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = [f'# {title}', '', f'{result["num_frames"]} frames of split `{result.get("split", "?")}`.', '']
+    for ref in ('ground_truth', 'pseudo_labels'):
+        if ref not in result:
+            continue
+        r = result[ref]
+        lines += [f'## Against {ref.replace("_", " ")}', '',
+                  '| subset | frames | AP@0.5 | AP@0.75 | mAP@Avg | COCO AP | CDx % | CDy % |',
+                  '|---|---|---|---|---|---|---|---|']
+        rowsets = [('all', r['all'])] + [(f'{k} = {v}', m) for k, vals in r['by_condition'].items()
+                                         for v, m in vals.items()]
+        for name, m in rowsets:
+            lines.append(f'| {name} | {m["num_frames"]} | {_fmt(m["AP50"])} | {_fmt(m["AP75"])} | '
+                         f'{_fmt(m["mAP_avg"])} | {_fmt(m["coco_AP"])} | {_fmt(m["CDx"])} | {_fmt(m["CDy"])} |')
+        lines.append('')
+    # PR curves
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    for ref in ('ground_truth', 'pseudo_labels'):
+        c = result.get(ref, {}).get('all', {}).get('curves')
+        if c:
+            for iou, style in (('0.50', '-'), ('0.75', '--')):
+                ax.plot(c[iou]['recall'], c[iou]['precision'], style, label=f'{ref} IoU {iou}')
+    ax.set_xlabel('recall')
+    ax.set_ylabel('precision')
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / 'pr_curves.png', dpi=90)
+    plt.close(fig)
+    lines += ['![PR curves](pr_curves.png)', '']
+    preds, rows = result.get('_predictions'), result.get('_rows')
+    if preds is not None:
+        _cd_histogram(ds, rows, preds, out_dir / 'cd_hist.png')
+        lines += ['![centre distance histograms](cd_hist.png)', '']
+        names = _examples(ds, rows, preds, out_dir, n_examples)
+        lines += ['## Example frames', '',
+                  'Top: log-mel of microphone 0 (1 s). Bottom: image plane with student boxes (red), '
+                  'fused pseudo-labels (cyan) and ground truth (white, dashed).', '']
+        lines += [f'![{n}]({n})' for n in names] + ['']
+    path = out_dir / 'report.md'
+    path.write_text('\n'.join(lines))
+    clean = {k: v for k, v in result.items() if not k.startswith('_')}
+    (out_dir / 'metrics.json').write_text(json.dumps(clean, indent=1, default=float))
+    return path
+
+
+def _cd_histogram(ds, rows, preds, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    from .metrics import match_frame
+    from mmdistill_common.boxes import xyxy_to_cxcywh
+    w, h = ds.index['image_size']
+    dx, dy = [], []
+    for r, p in zip(rows, preds):
+        gt = ds.ground_truth(int(r)) if ds.has_ground_truth else None
+        g = np.asarray(gt['boxes'] if gt is not None else ds.labels(int(r))[0], np.float64).reshape(-1, 4)
+        pb = np.asarray(p['boxes'], np.float64).reshape(-1, 4)
+        m = match_frame(pb, np.asarray(p['scores']), g, 0.5)
+        ok = m >= 0
+        if ok.any():
+            d = xyxy_to_cxcywh(pb[ok]) - xyxy_to_cxcywh(g[m[ok]])
+            dx += list(d[:, 0] / w * 100)
+            dy += list(d[:, 1] / h * 100)
+    fig, ax = plt.subplots(1, 2, figsize=(7, 2.8))
+    ax[0].hist(dx, bins=30)
+    ax[0].set_xlabel('centre x error, % of width')
+    ax[1].hist(dy, bins=30)
+    ax[1].set_xlabel('centre y error, % of height')
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _examples(ds, rows, preds, out_dir: Path, n: int) -> List[str]:
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    w, h = ds.index['image_size']
+    rows = np.asarray(rows)
+    # frames with the most pseudo-label boxes first, spread over the split
+    picks = np.linspace(0, len(rows) - 1, min(n * 4, len(rows))).astype(int)
+    picks = sorted(picks, key=lambda i: -len(ds.labels(int(rows[i]))[0]))[:n]
+    names = []
+    for k, i in enumerate(sorted(picks)):
+        r = int(rows[i])
+        feats = ds.features([r], channels=[0])[0, 0]
+        fig, ax = plt.subplots(2, 1, figsize=(6, 4.2), gridspec_kw={'height_ratios': [1, 1.2]})
+        ax[0].imshow(feats, origin='lower', aspect='auto', cmap='magma')
+        ax[0].set_title(f'{ds.drive_name(r)}, dataset row {r}', fontsize=8)
+        ax[0].axis('off')
+        ax[1].set_xlim(0, w)
+        ax[1].set_ylim(h, 0)
+        ax[1].set_facecolor('0.15')
+        ax[1].set_aspect('equal')
+        gt = ds.ground_truth(r) if ds.has_ground_truth else None
+        for b in (gt['boxes'] if gt is not None else []):
+            ax[1].add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec='white', ls='--'))
+        for b in ds.labels(r)[0]:
+            ax[1].add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec='cyan'))
+        p = preds[i]
+        for b, s in zip(p['boxes'], p['scores']):
+            if s >= 0.3:
+                ax[1].add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec='red', lw=1.5))
+        ax[1].set_xticks([])
+        ax[1].set_yticks([])
+        fig.tight_layout()
+        name = f'example_{k}.png'
+        fig.savefig(out_dir / name, dpi=80)
+        plt.close(fig)
+        names.append(name)
+    return names

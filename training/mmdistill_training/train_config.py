@@ -1,0 +1,221 @@
+"""Training configuration: a YAML file validated into :class:`TrainConfig` with one-line errors.
+
+Every key has a default, so a config file lists only what differs; unknown keys are refused
+with their path (``loss.distil_weight: unknown key; known: ...``) so that typos never pass
+silently. The shipped configs live in ``mmdistill_training/configs/``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+
+from mmdistill_common.errors import ConfigError
+
+__all__ = ['TrainConfig', 'load_train_config', 'DEFAULTS', 'DISTILL_LOSSES', 'TARGETS', 'config_dir',
+           'resolve_config']
+
+DISTILL_LOSSES = ('mta', 'mta_average', 'mta_reference', 'ranking', 'none')
+TARGETS = ('fused', 'rgb', 'depth', 'thermal')
+FEATURES = ('logmel', 'ild', 'gcc')
+
+DEFAULTS: Dict[str, Any] = {
+    'name': 'student',
+    'stage': 'distill',             # distill | pretext
+    'seed': 0,
+    'device': 'auto',               # auto | cpu | cuda
+    'features': ['logmel', 'ild', 'gcc'],
+    'mics': None,                   # list of microphone indices, None = all
+    'targets': 'fused',             # which pseudo-labels supervise the detection loss
+    'model': {                      # StudentConfig fields (frontend/input_channels come from data)
+        'encoder': {},
+        'head_convs': 1,
+        'head_width': 32,
+        'score_threshold': 0.3,
+        'nms_iou': 0.5,
+        'max_detections': 20,
+    },
+    'loss': {
+        'focal_weight': 1.0,        # delta
+        'box_weight': 1.0,
+        'centerness_weight': 1.0,
+        'distill': 'mta',           # mta | mta_average | mta_reference | ranking | none
+        'distill_weight': 0.05,     # omega
+        'beta': 0.5,
+        'tau': 1.0,
+        'eps': 0.01,
+        'r': 2.0,
+        'teachers': ['rgb', 'depth', 'thermal'],
+        'reference_temperature': 9.0,
+        'ranking_margin': 0.5,
+    },
+    'optim': {
+        'lr': 2e-3,
+        'weight_decay': 1e-4,
+        'batch_size': 32,
+        'epochs': 20,
+        'patience': 6,              # early stopping on val mAP (epochs without improvement)
+        'plateau_patience': 2,      # ReduceLROnPlateau on val mAP
+        'plateau_factor': 0.5,
+        'min_lr': 1e-5,
+        'grad_clip': 10.0,
+        'hflip': True,              # mirror augmentation (symmetric circular arrays only)
+        'max_train_frames': None,
+        'max_val_frames': 400,
+    },
+    'pretext': {'max_count': 4},
+    'eval': {'score_threshold': 0.05},
+}
+
+
+def _merge(base: dict, over: dict, path: str) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        where = f'{path}.{k}' if path else k
+        if k not in base:
+            raise ConfigError(f'{where}: unknown key; known: {", ".join(sorted(base))}')
+        if isinstance(base[k], dict) and k not in ('encoder',):
+            if not isinstance(v, dict):
+                raise ConfigError(f'{where}: expected a mapping, got {type(v).__name__}')
+            out[k] = _merge(base[k], v, where)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _num(cfg: dict, path: str, lo: Optional[float] = None, hi: Optional[float] = None,
+         integer: bool = False, allow_none: bool = False) -> None:
+    node = cfg
+    keys = path.split('.')
+    for k in keys[:-1]:
+        node = node[k]
+    v = node[keys[-1]]
+    if v is None and allow_none:
+        return
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok:
+        raise ConfigError(f'{path}: expected {"an integer" if integer else "a number"}, got {v!r}')
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ConfigError(f'{path}: {v} outside [{lo}, {hi}]')
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The validated training configuration (a nested dict with attribute access to sections)."""
+    data: Dict[str, Any]
+
+    def __getattr__(self, name):
+        try:
+            return self.__dict__['data'][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to_dict(self) -> dict:
+        return copy.deepcopy(self.data)
+
+    def student_fields(self) -> dict:
+        return copy.deepcopy(self.data['model'])
+
+
+def validate(raw: dict) -> TrainConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f'training config must be a mapping, got {type(raw).__name__}')
+    cfg = _merge(DEFAULTS, raw, '')
+    if cfg['stage'] not in ('distill', 'pretext'):
+        raise ConfigError(f"stage: must be 'distill' or 'pretext', got {cfg['stage']!r}")
+    if cfg['device'] not in ('auto', 'cpu', 'cuda'):
+        raise ConfigError(f"device: must be auto, cpu or cuda, got {cfg['device']!r}")
+    feats = cfg['features']
+    if not isinstance(feats, list) or not feats or any(f not in FEATURES for f in feats) \
+            or 'logmel' not in feats or len(set(feats)) != len(feats):
+        raise ConfigError(f'features: a list from {list(FEATURES)} that includes logmel, got {feats!r}')
+    mics = cfg['mics']
+    if mics is not None and (not isinstance(mics, list) or not mics
+                             or any(isinstance(m, bool) or not isinstance(m, int) or m < 0 for m in mics)
+                             or len(set(mics)) != len(mics)):
+        raise ConfigError(f'mics: null or a list of distinct microphone indices, got {mics!r}')
+    if cfg['targets'] not in TARGETS:
+        raise ConfigError(f'targets: one of {list(TARGETS)}, got {cfg["targets"]!r}')
+    loss = cfg['loss']
+    if loss['distill'] not in DISTILL_LOSSES:
+        raise ConfigError(f'loss.distill: one of {list(DISTILL_LOSSES)}, got {loss["distill"]!r}')
+    t = loss['teachers']
+    if not isinstance(t, list) or not t or any(m not in TARGETS[1:] for m in t):
+        raise ConfigError(f'loss.teachers: a non-empty list from {list(TARGETS[1:])}, got {t!r}')
+    for k in ('focal_weight', 'box_weight', 'centerness_weight', 'distill_weight', 'beta', 'eps'):
+        _num(cfg, f'loss.{k}', lo=0)
+    for k in ('tau', 'r', 'reference_temperature', 'ranking_margin'):
+        _num(cfg, f'loss.{k}', lo=1e-6)
+    o = cfg['optim']
+    _num(cfg, 'optim.lr', lo=1e-8, hi=1.0)
+    _num(cfg, 'optim.weight_decay', lo=0)
+    _num(cfg, 'optim.batch_size', lo=1, integer=True)
+    _num(cfg, 'optim.epochs', lo=1, integer=True)
+    _num(cfg, 'optim.patience', lo=1, integer=True)
+    _num(cfg, 'optim.plateau_patience', lo=0, integer=True)
+    _num(cfg, 'optim.plateau_factor', lo=0.01, hi=0.99)
+    _num(cfg, 'optim.min_lr', lo=0)
+    _num(cfg, 'optim.grad_clip', lo=0, allow_none=True)
+    _num(cfg, 'optim.max_train_frames', lo=1, integer=True, allow_none=True)
+    _num(cfg, 'optim.max_val_frames', lo=1, integer=True, allow_none=True)
+    if not isinstance(o['hflip'], bool):
+        raise ConfigError(f'optim.hflip: true or false, got {o["hflip"]!r}')
+    _num(cfg, 'pretext.max_count', lo=1, hi=32, integer=True)
+    _num(cfg, 'eval.score_threshold', lo=0, hi=1)
+    _num(cfg, 'seed', lo=0, integer=True)
+    if not isinstance(cfg['model']['encoder'], dict):
+        raise ConfigError('model.encoder: expected a mapping of EncoderConfig fields')
+    return TrainConfig(cfg)
+
+
+def config_dir() -> Path:
+    """The configs shipped with the package (``student.yaml``, ablations, baselines)."""
+    return Path(__file__).resolve().parent / 'configs'
+
+
+def resolve_config(name_or_path: str) -> Path:
+    """A path, or the name of a shipped config (``student`` -> configs/student.yaml)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = config_dir() / f'{name_or_path}.yaml'
+    if shipped.is_file():
+        return shipped
+    names = sorted(q.stem for q in config_dir().glob('*.yaml'))
+    raise ConfigError(f'training config {name_or_path!r} not found (not a file, not one of {names})')
+
+
+def load_train_config(name_or_path: str, overrides: Optional[dict] = None) -> TrainConfig:
+    """Read, merge with defaults and validate a training config (``base:`` names a parent)."""
+    path = resolve_config(str(name_or_path))
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f'{path}: not valid YAML: {str(e).splitlines()[0]}') from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{path}: expected a mapping at the top level')
+    base = raw.pop('base', None)
+    if base is not None:
+        parent = load_train_config(base).to_dict()
+        raw = _deep_update(parent, raw)
+    if overrides:
+        raw = _deep_update(raw, overrides)
+    try:
+        return validate(raw)
+    except ConfigError as e:
+        raise ConfigError(f'{path}: {e}') from None
+
+
+def _deep_update(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != 'encoder':
+            out[k] = _deep_update(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out

@@ -1,0 +1,140 @@
+"""Student trainer: files, determinism, resume, pretext initialisation, errors, DDP under torchrun.
+
+Data: three 3-s oracle-labelled drives of one scenario at 16 kHz (labelled_bag.write_oracle_bag:
+teachers = simulator truth with jitter), so the split rule gives one train, one val and one
+test drive. A small encoder keeps every run to a few seconds."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmdistill_common.errors import ConfigError
+from mmdistill_student.checkpoint import load_checkpoint
+from mmdistill_training.cli import main
+from mmdistill_training.dataset_build import BuildConfig, build_dataset
+from mmdistill_training.labelled_bag import short_scenario, write_oracle_bag
+from mmdistill_training.train_config import validate
+from mmdistill_training.trainer import train
+
+SMALL = {'model': {'encoder': {'widths': [8, 16], 'embed_dim': 32, 'out_channels': 16}, 'head_width': 16},
+         'optim': {'batch_size': 8, 'epochs': 2, 'max_val_frames': 12}}
+
+
+def cfg(**over):
+    raw = json.loads(json.dumps(SMALL))
+    for k, v in over.items():
+        if isinstance(v, dict):
+            raw.setdefault(k, {}).update(v)
+        else:
+            raw[k] = v
+    return validate(raw)
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp('trainer')
+    bags = []
+    for k in range(3):
+        bag = root / f'day-static-{k}'
+        write_oracle_bag(short_scenario('day-static', 3.0, 16000, seed=20 + k), bag, seed=k)
+        bags.append(bag)
+    out = root / 'ds'
+    build_dataset(bags, out, BuildConfig(window='centered'), progress=False)
+    return out
+
+
+def test_distill_writes_checkpoint_logs_and_loss_goes_down(dataset, tmp_path):
+    out = tmp_path / 'run'
+    summary = train(cfg(optim={'epochs': 3}), dataset, out, progress=False)
+    for name in ('model.safetensors', 'checkpoint.json', 'train_state.safetensors', 'log.csv',
+                 'curves.png', 'summary.json'):
+        assert (out / name).is_file(), name
+    model, meta = load_checkpoint(out)
+    assert meta['stage'] == 'distill' and meta['window_mode'] == 'centered'
+    assert meta['dataset']['content_hash'] and meta['train_config']['loss']['distill'] == 'mta'
+    assert 1 <= meta['metrics']['epoch'] <= 3
+    losses = [h['train_loss'] for h in summary['history']]
+    assert losses[-1] < losses[0]
+    assert summary['mirror_augmentation'] is True
+    lines = (out / 'log.csv').read_text().splitlines()
+    assert len(lines) == 4 and 'val_mAP_avg' in lines[0]
+
+
+def _last_weights(out: Path):
+    return {k: v for k, v in load_file(str(out / 'train_state.safetensors')).items() if k.startswith('model.')}
+
+
+def test_same_seed_same_weights_and_resume_continues_exactly(dataset, tmp_path):
+    train(cfg(), dataset, tmp_path / 'a', progress=False)
+    train(cfg(), dataset, tmp_path / 'b', progress=False, epochs=1)
+    train(cfg(), dataset, tmp_path / 'b', progress=False, resume=True)
+    wa, wb = _last_weights(tmp_path / 'a'), _last_weights(tmp_path / 'b')
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    train(cfg(seed=1), dataset, tmp_path / 'c', progress=False)
+    wc = _last_weights(tmp_path / 'c')
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_pretext_initialises_the_encoder(dataset, tmp_path):
+    s = train(cfg(stage='pretext'), dataset, tmp_path / 'pre', progress=False)
+    assert s['monitor'] == 'val_accuracy' and 0.0 <= s['best'] <= 1.0
+    pre, meta = load_checkpoint(tmp_path / 'pre')
+    assert meta['stage'] == 'pretext'
+    # a vanishing learning rate keeps the encoder where the pretext left it
+    train(cfg(optim={'epochs': 1, 'lr': 1e-8}), dataset, tmp_path / 'dist', progress=False,
+          init=f'pretext:{tmp_path / "pre"}')
+    w = _last_weights(tmp_path / 'dist')
+    enc = pre.encoder.state_dict()
+    k = 'stages.0.0.0.weight'
+    assert torch.allclose(w[f'model.student.encoder.{k}'], enc[k], atol=1e-5)
+    with pytest.raises(ConfigError, match='not a pretext checkpoint'):
+        train(cfg(), dataset, tmp_path / 'x', progress=False, init=f'pretext:{tmp_path / "dist"}')
+
+
+@pytest.mark.parametrize('distill', ['mta_average', 'mta_reference', 'ranking', 'none'])
+def test_every_distillation_variant_trains(dataset, tmp_path, distill):
+    over = {'loss': {'distill': distill}, 'optim': {'epochs': 1}}
+    if distill == 'ranking':
+        over.update(features=['logmel'], mics=[0, 4], targets='rgb')
+        over['loss']['teachers'] = ['rgb']
+    s = train(cfg(**over), dataset, tmp_path / distill, progress=False)
+    assert np.isfinite(s['history'][0]['train_loss'])
+
+
+def test_cli_errors_are_one_line(dataset, tmp_path, capsys):
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('optim: {epoch: 3}\n')
+    assert main(['train', '--config', str(bad), '--dataset', str(dataset), '--out', str(tmp_path / 'o')]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'optim.epoch: unknown key' in err[0]
+    assert main(['train', '--config', 'student', '--dataset', str(dataset), '--out', str(tmp_path / 'o'),
+                 '--resume']) == 2
+    assert 'no train state' in capsys.readouterr().err
+    assert main(['train', '--config', 'student', '--dataset', str(tmp_path / 'nope'),
+                 '--out', str(tmp_path / 'o')]) == 2
+
+
+def test_torchrun_ddp_two_processes(dataset, tmp_path):
+    """The same trainer under torchrun (gloo on CPU): two ranks, rank 0 writes the checkpoint."""
+    conf = tmp_path / 'small.yaml'
+    import yaml
+    conf.write_text(yaml.safe_dump({**SMALL, 'optim': {**SMALL['optim'], 'epochs': 1}}))
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    code = ('import sys; from mmdistill_training.cli import main; sys.exit(main(sys.argv[1:]))')
+    script = tmp_path / 'entry.py'
+    script.write_text(code)
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+                        '--master_port', str(29500 + os.getpid() % 1000), str(script), 'train', '--config', str(conf),
+                        '--dataset', str(dataset), '--out', str(tmp_path / 'ddp'), '--quiet'],
+                       env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    model, meta = load_checkpoint(tmp_path / 'ddp')
+    assert meta['stage'] == 'distill'
