@@ -22,6 +22,7 @@ setup(
     license='Apache-2.0',
     entry_points={
         'console_scripts': [
+            'student_node = mmdistill_student.student_node:main',
         ],
     },
 )

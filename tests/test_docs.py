@@ -16,11 +16,16 @@ def test_readme_generated_sections_are_current():
 
 
 def test_bringup_yaml_matches_declarations():
+    """Every node section of every bringup YAML holds exactly its node's declared parameters,
+    with values the declarations accept (mmdistill_bringup/test/test_graphs.py checks the rest)."""
+    from mmdistill_bringup import graphs
     from mmdistill_common.params import check_values
-    for node, (params, fname) in gen_docs.node_params().items():
-        data = yaml.safe_load((ROOT / 'mmdistill_bringup' / 'config' / fname).read_text())
-        values = data[node]['ros__parameters']
-        assert set(values) == {p.name for p in params}, f'{fname}: keys differ from {node} declarations'
+    specs = (graphs.SIM_NODE,) + tuple(graphs.GRAPHS['car']) + tuple(graphs.GRAPHS['record'])
+    for spec in specs:
+        data = yaml.safe_load((ROOT / 'mmdistill_bringup' / 'config' / spec.params_file).read_text())
+        values = data[graphs.yaml_key(spec)]['ros__parameters']
+        params = graphs.node_params(spec.module)
+        assert set(values) == {p.name for p in params}, f'{spec.params_file}: keys differ from {spec.name}'
         check_values(params, values)
 
 

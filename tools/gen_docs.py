@@ -11,15 +11,17 @@ import re
 import sys
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def node_params():
-    """node name -> (module PARAMS, bringup YAML file)."""
-    from mmdistill_sim import sim_node
-    return {'sim_node': (sim_node.PARAMS, 'sim.yaml')}
+    """node executable -> (module PARAMS, bringup YAML file), from the graph table of
+    ``mmdistill_bringup.graphs`` (the one place that lists the nodes of every job)."""
+    from mmdistill_bringup import graphs
+    out = {}
+    for spec in (graphs.SIM_NODE,) + tuple(graphs.GRAPHS['car']) + tuple(graphs.GRAPHS['record']):
+        out.setdefault(spec.executable, (graphs.node_params(spec.module), spec.params_file))
+    return out
 
 
 def sections() -> dict:
@@ -32,10 +34,8 @@ def sections() -> dict:
 
 
 def config_files() -> dict:
-    from mmdistill_common.params import yaml_defaults
-    header = '# Generated from the node parameter declarations by tools/gen_docs.py; edit values, keep keys.\n'
-    return {f'mmdistill_bringup/config/{fname}': header + yaml.safe_dump(yaml_defaults(node, params), sort_keys=False)
-            for node, (params, fname) in node_params().items()}
+    from mmdistill_bringup.graphs import params_files, render_params_yaml
+    return {f'mmdistill_bringup/config/{f}': render_params_yaml(f) for f in params_files()}
 
 
 def render_readme(text: str) -> str:

@@ -439,7 +439,7 @@ def detection_loss(outputs: Dict[str, object], targets: Dict[str, torch.Tensor],
 
 @torch.no_grad()
 def decode(outputs: Dict[str, object], score_threshold: float = 0.3, nms_iou: float = 0.5,
-           max_detections: int = 100, pre_nms_top_k: int = 1000, class_agnostic_nms: bool = False
+           max_detections: int = 100, pre_nms_top_k: int = 200, class_agnostic_nms: bool = False
            ) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Turn head outputs into detections, one ``(boxes, scores, labels)`` tuple per image.
 

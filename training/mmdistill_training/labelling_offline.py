@@ -69,7 +69,7 @@ def label_bag(in_bag: Union[str, Path], teachers: Union[Mapping[str, object], st
               out_bag: Union[str, Path], fusion=None, images: bool = False, progress: bool = True,
               batch_size: int = 8, slop: float = 0.05, queue_size: int = 30, storage: str = 'mcap',
               teacher_score_threshold: Optional[float] = None, teacher_nms_iou: Optional[float] = None,
-              teacher_max_detections: Optional[int] = None) -> dict:
+              teacher_max_detections: Optional[int] = None, frame_stride: int = 1) -> dict:
     """Run the teachers and the fusion over every camera frame of ``in_bag``; write ``out_bag``.
 
     Args:
@@ -81,6 +81,8 @@ def label_bag(in_bag: Union[str, Path], teachers: Union[Mapping[str, object], st
         slop, queue_size: frame matching across cameras, as ``pseudo_label_node``.
         teacher_*: the teachers' own thresholds; None = the values stored with the weights
             (``teacher_node``'s default).
+        frame_stride: label every k-th matched camera frame (1 = all; the teachers' cost
+            dominates labelling, and neighbouring frames 100 ms apart are nearly the same).
 
     Returns statistics (frames, boxes, per-teacher counts, unmatched images, timing).
     Raises :class:`InputError` / :class:`ConfigError` with one line for missing topics, a
@@ -95,6 +97,8 @@ def label_bag(in_bag: Union[str, Path], teachers: Union[Mapping[str, object], st
         raise ConfigError(f'{out_bag} already exists; choose a new bag path')
     if batch_size < 1:
         raise ConfigError(f'batch_size must be >= 1, got {batch_size}')
+    if int(frame_stride) < 1:
+        raise ConfigError(f'frame_stride must be >= 1, got {frame_stride}')
     if not isinstance(teachers, Mapping):
         from mmdistill_teachers.weights import load_teachers
         teachers = load_teachers(teachers, modalities=fusion.modalities)
@@ -111,7 +115,8 @@ def label_bag(in_bag: Union[str, Path], teachers: Union[Mapping[str, object], st
     try:
         stats = _label(in_bag, teachers, tmp, fusion, class_names.pop(), images, progress, batch_size, slop,
                        queue_size, storage, dict(score_threshold=teacher_score_threshold,
-                                                 nms_iou=teacher_nms_iou, max_detections=teacher_max_detections))
+                                                 nms_iou=teacher_nms_iou, max_detections=teacher_max_detections),
+                       int(frame_stride))
         os.rename(tmp, out_bag)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -121,7 +126,8 @@ def label_bag(in_bag: Union[str, Path], teachers: Union[Mapping[str, object], st
 
 
 def _label(in_bag: Path, teachers, tmp: Path, fusion, class_names, images: bool, progress: bool,
-           batch_size: int, slop: float, queue_size: int, storage: str, teacher_kwargs: dict) -> dict:
+           batch_size: int, slop: float, queue_size: int, storage: str, teacher_kwargs: dict,
+           frame_stride: int = 1) -> dict:
     from tqdm import tqdm
 
     from mmdistill_common.bagio import BagReader, BagWriter
@@ -134,7 +140,8 @@ def _label(in_bag: Path, teachers, tmp: Path, fusion, class_names, images: bool,
     start = time.perf_counter()
     stats = {'in_bag': str(in_bag), 'method': fusion.method, 'frames': 0, 'boxes': 0, 'frames_with_boxes': 0,
              'images': {m: 0 for m in modalities}, 'unmatched_images': {},
-             'teacher_boxes': {m: 0 for m in modalities}, 'audio_chunks': 0}
+             'teacher_boxes': {m: 0 for m in modalities}, 'audio_chunks': 0, 'frame_stride': frame_stride,
+             'skipped_by_stride': 0}
     with BagReader(in_bag) as reader:
         required = [topics.AUDIO, topics.AUDIO_INFO, *image_topics]
         reader.require(required)
@@ -160,7 +167,15 @@ def _label(in_bag: Path, teachers, tmp: Path, fusion, class_names, images: bool,
         ready: List[tuple] = []
         inputs = [SimpleFilter() for _ in modalities]
         sync = FallbackApproximateTimeSynchronizer(inputs, queue_size=queue_size, slop=slop)
-        sync.registerCallback(lambda *msgs: ready.append(msgs))
+        matched = [0]
+
+        def on_frame(*msgs) -> None:
+            if matched[0] % frame_stride == 0:
+                ready.append(msgs)
+            else:
+                stats['skipped_by_stride'] += 1
+            matched[0] += 1
+        sync.registerCallback(on_frame)
         total = have[topics.image_topic(modalities[0])][1]
 
         with BagWriter(tmp, storage=storage) as out, \
@@ -224,7 +239,8 @@ def _label(in_bag: Path, teachers, tmp: Path, fusion, class_names, images: bool,
             if stats['frames'] == 0:
                 raise InputError(f'bag {in_bag}: no camera frame has all of {", ".join(modalities)} within '
                                  f'{slop} s of each other; nothing to label')
-    stats['unmatched_images'] = {m: stats['images'][m] - stats['frames'] for m in modalities}
+    stats['unmatched_images'] = {m: stats['images'][m] - stats['frames'] - stats['skipped_by_stride']
+                                 for m in modalities}
     elapsed = time.perf_counter() - start
     stats['wall_s'] = round(elapsed, 3)
     stats['frames_per_s'] = round(stats['frames'] / elapsed, 2) if elapsed > 0 else None

@@ -142,3 +142,15 @@ def test_parse_thresholds():
     for bad in ('x', 'lidar=0.3', 'rgb=0.1=2'):
         with pytest.raises(Exception, match='thresholds'):
             parse_thresholds(bad)
+
+
+def test_frame_stride_labels_every_kth_frame(data, tmp_path, capsys):
+    out = tmp_path / 'strided'
+    assert label(data, out, '--frame-stride', '4') == 0
+    with BagReader(data / 'sim') as r:
+        frames = [m.stamp_ns for m in r.read_all()[topics.image_topic('rgb')]]
+    with BagReader(out) as r:
+        got = [m.stamp_ns for m in r.read_all()[topics.PSEUDO_LABELS]]
+    assert got == frames[::4]
+    assert label(data, tmp_path / 'bad', '--frame-stride', '0') == 2
+    assert 'frame_stride' in capsys.readouterr().err

@@ -33,12 +33,15 @@ def run(args: argparse.Namespace) -> int:
         dataset, split = args.dataset, args.split
         if args.bags:
             from mmdistill_student.checkpoint import read_checkpoint_metadata
-            from mmdistill_training.dataset_build import build_dataset
+            from mmdistill_training.dataset_build import BuildConfig, _drive_names, build_dataset
             meta = read_checkpoint_metadata(args.checkpoint)
             fe = meta['config']['frontend']
             feats = ['logmel'] + (['ild'] if fe.get('use_ild') else []) + (['gcc'] if fe.get('use_gccphat') else [])
             dataset = Path(tmp) / 'dataset'
-            build_dataset(args.bags, dataset, window=meta['window_mode'], features=feats, split_all='test')
+            split_file = Path(tmp) / 'split.json'
+            split_file.write_text(json.dumps({'test': _drive_names(args.bags)}))
+            build_dataset(args.bags, dataset, BuildConfig(window=meta['window_mode'], features=feats,
+                                                          split_file=split_file), progress=True)
             split = 'test'
         res = evaluate_checkpoint(args.checkpoint, dataset, split, args.score_threshold)
         if args.report:

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='seconds by which the three cameras of one frame may differ (default 0.05)')
     parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap', help='output bag storage')
     parser.add_argument('--device', default='cpu', help='torch device for the teachers (default cpu)')
+    parser.add_argument('--frame-stride', type=int, default=1,
+                        help='label every k-th camera frame (default 1: all); the teachers dominate the cost')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
 
 
@@ -48,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
                           method=args.method, max_detections=args.max_detections)
     teachers = load_teachers(args.teachers, modalities=fusion.modalities, device=args.device)
     stats = label_bag(args.bag, teachers, args.out, fusion, images=args.images, progress=not args.no_progress,
-                      batch_size=args.batch_size, slop=args.slop, storage=args.storage)
+                      batch_size=args.batch_size, slop=args.slop, storage=args.storage,
+                      frame_stride=args.frame_stride)
     print(json.dumps(stats, indent=2))
     return 0

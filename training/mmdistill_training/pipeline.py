@@ -1,0 +1,240 @@
+"""The end-to-end demo pipeline on the built-in simulator (``mmdistill demo``).
+
+Stages, each a command a user can run by hand (the report lists them):
+
+1. simulate drives (``mmdistill sim``): every demo scenario several times with different seeds,
+   so that the dataset split by drive has train, val and test drives of every scenario;
+2. train the RGB, depth and thermal teachers on the train drives' simulator ground truth
+   (``mmdistill teachers train``), evaluated on the held-out drives (fused vs single teacher);
+3. label every drive with the fused teachers (``mmdistill label``);
+4. build the dataset (``mmdistill dataset build``);
+5. counting pretext, then distillation (``mmdistill train``) and the classical baseline, all
+   evaluated on the test drives (``mmdistill ablate --only classical-srp ours``);
+6. run the runtime graph (student_node -> tracking_node) on a held-out drive replayed from its
+   bag, scored with detection and MOT metrics (``mmdistill replay-eval``);
+7. ``report.md`` with every table and plot.
+
+Independent jobs (simulation, labelling) run in two worker processes; each stage's output is
+kept, so a rerun without ``--force`` continues after the last finished stage.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from mmdistill_common.errors import MmdistillError
+
+__all__ = ['DemoPlan', 'PLANS', 'run_demo']
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    scenarios: Tuple[str, ...]
+    drives_per_scenario: int
+    duration_s: float
+    teacher_epochs: int
+    teacher_frame_stride: int
+    label_frame_stride: int
+    dataset_frame_stride: int
+    pretext_epochs: int
+    student_epochs: int
+    replay_scenario: str
+    replay_rate: float
+    workers: int = 2
+
+
+PLANS: Dict[str, DemoPlan] = {
+    'full': DemoPlan(scenarios=('day-static', 'night-static', 'day-driving', 'night-driving',
+                                'occluded-crossing', 'dense-traffic', 'fog'),
+                     drives_per_scenario=3, duration_s=24.0, teacher_epochs=8, teacher_frame_stride=2,
+                     label_frame_stride=2, dataset_frame_stride=1, pretext_epochs=3, student_epochs=12,
+                     replay_scenario='occluded-crossing', replay_rate=2.0),
+    'quick': DemoPlan(scenarios=('day-static', 'night-static', 'occluded-crossing'),
+                      drives_per_scenario=3, duration_s=6.0, teacher_epochs=2, teacher_frame_stride=2,
+                      label_frame_stride=2, dataset_frame_stride=1, pretext_epochs=1, student_epochs=2,
+                      replay_scenario='occluded-crossing', replay_rate=4.0),
+}
+
+SEED_BASE = 1000
+
+
+def _mmdistill(args: Sequence[str], log: Path, threads: int = 1, tee: bool = False) -> None:
+    """Run one ``mmdistill`` command in a subprocess, output to ``log`` (and to the terminal
+    with ``tee``, progress bars included); one line on failure."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cmd = [sys.executable, '-m', 'mmdistill_training.cli', *map(str, args)]
+    with open(log, 'wb') as f:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        while True:
+            data = proc.stdout.read1(4096) if hasattr(proc.stdout, 'read1') else proc.stdout.read(4096)
+            if not data:
+                break
+            f.write(data)
+            if tee:
+                sys.stdout.buffer.write(data)
+                sys.stdout.flush()
+        rc = proc.wait()
+    if rc != 0:
+        tail = log.read_text(errors='replace').strip().splitlines()[-1:] or ['(no output)']
+        raise MmdistillError(f'`mmdistill {" ".join(map(str, args))}` failed ({rc}): {tail[0][-300:]} '
+                             f'(log: {log})')
+
+
+def _parallel(jobs: List[Tuple[str, Sequence[str], Path]], workers: int, what: str) -> None:
+    from tqdm import tqdm
+    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=len(jobs), desc=what, unit='job') as bar:
+        futures = [pool.submit(_mmdistill, args, log) for _, args, log in jobs]
+        for fut in futures:
+            fut.result()
+            bar.update(1)
+
+
+class _Stages:
+    """Stage bookkeeping: timings, done markers, commands for the report."""
+
+    def __init__(self, out: Path, n: int):
+        self.out, self.n, self.k = out, n, 0
+        self.times: Dict[str, float] = {}
+        self.commands: Dict[str, List[str]] = {}
+
+    def start(self, name: str) -> bool:
+        """True when the stage must run (not finished before)."""
+        self.k += 1
+        done = (self.out / '.done' / name).exists()
+        print(f'[demo] stage {self.k}/{self.n}: {name}' + (' (done before, reused)' if done else ''), flush=True)
+        self._t0 = time.perf_counter()
+        return not done
+
+    def finish(self, name: str) -> None:
+        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - self._t0
+        (self.out / '.done').mkdir(exist_ok=True)
+        (self.out / '.done' / name).write_text(json.dumps({'time_s': self.times[name]}))
+
+    def elapsed(self, name: str) -> float:
+        if name in self.times:
+            return self.times[name]
+        p = self.out / '.done' / name
+        return json.loads(p.read_text())['time_s'] if p.exists() else float('nan')
+
+
+def run_demo(out: Path, plan: DemoPlan, quick: bool) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / 'logs'
+    logs.mkdir(exist_ok=True)
+    st = _Stages(out, 7)
+    t_all = time.perf_counter()
+    drives = [f'{s}-{k}' for s in plan.scenarios for k in range(plan.drives_per_scenario)]
+    bags = {d: out / 'bags' / d for d in drives}
+    labelled = {d: out / 'labelled' / d for d in drives}
+
+    from .dataset_build import split_by_rule
+    split = split_by_rule([(d, d.rsplit('-', 1)[0]) for d in drives])
+    train_drives = split['train']
+    held_out = split['val'] + split['test']
+
+    # 1. simulate ------------------------------------------------------------------------
+    name = 'simulate'
+    st.commands[name] = [f'mmdistill sim --scenario {d.rsplit("-", 1)[0]} --seed {SEED_BASE + i} '
+                         f'--duration {plan.duration_s:g} --out bags/{d}' for i, d in enumerate(drives)]
+    if st.start(name):
+        (out / 'bags').mkdir(exist_ok=True)
+        jobs = []
+        for i, d in enumerate(drives):
+            if bags[d].exists():
+                shutil.rmtree(bags[d])
+            jobs.append((d, ['sim', '--scenario', d.rsplit('-', 1)[0], '--seed', SEED_BASE + i,
+                             '--duration', plan.duration_s, '--out', bags[d]], logs / f'sim-{d}.log'))
+        _parallel(jobs, plan.workers, 'simulate drives')
+        from mmdistill_sim.preview import contact_sheet
+        from mmdistill_sim.scenario import load_scenario
+        from mmdistill_sim.simulator import Simulator
+        import dataclasses
+        (out / 'previews').mkdir(exist_ok=True)
+        for s in plan.scenarios:
+            sc = dataclasses.replace(load_scenario(s, seed=SEED_BASE), duration_s=plan.duration_s)
+            contact_sheet(Simulator(sc), out / 'previews' / f'{s}.png', n=2)
+        st.finish(name)
+
+    # 2. teachers ------------------------------------------------------------------------
+    name = 'teachers'
+    teachers = out / 'teachers'
+    targs = ['teachers', 'train', '--bags', *[bags[d] for d in train_drives],
+             '--val-bags', *[bags[d] for d in held_out], '--out', teachers,
+             '--epochs', plan.teacher_epochs, '--frame-stride', plan.teacher_frame_stride, '--force']
+    st.commands[name] = ['mmdistill ' + ' '.join(str(a).replace(str(out) + '/', '') for a in targs)]
+    if st.start(name):
+        _mmdistill(targs, logs / 'teachers.log', threads=2, tee=True)
+        st.finish(name)
+
+    # 3. label ---------------------------------------------------------------------------
+    name = 'label'
+    st.commands[name] = [f'mmdistill label --bag bags/{d} --teachers teachers --out labelled/{d} '
+                         f'--frame-stride {plan.label_frame_stride}' for d in drives]
+    if st.start(name):
+        (out / 'labelled').mkdir(exist_ok=True)
+        jobs = []
+        for d in drives:
+            if labelled[d].exists():
+                shutil.rmtree(labelled[d])
+            jobs.append((d, ['label', '--bag', bags[d], '--teachers', teachers, '--out', labelled[d],
+                             '--frame-stride', plan.label_frame_stride, '--no-progress'], logs / f'label-{d}.log'))
+        _parallel(jobs, plan.workers, 'label drives')
+        st.finish(name)
+
+    # 4. dataset -------------------------------------------------------------------------
+    name = 'dataset'
+    dataset = out / 'dataset'
+    dargs = ['dataset', 'build', '--bags', *[labelled[d] for d in drives], '--out', dataset,
+             '--frame-stride', plan.dataset_frame_stride]
+    st.commands[name] = ['mmdistill ' + ' '.join(str(a).replace(str(out) + '/', '') for a in dargs)]
+    if st.start(name):
+        if dataset.exists():
+            shutil.rmtree(dataset)
+        _mmdistill(dargs, logs / 'dataset.log', threads=2, tee=True)
+        st.finish(name)
+
+    # 5. student + baseline --------------------------------------------------------------
+    name = 'student'
+    ablation = out / 'ablation'
+    aargs = ['ablate', '--dataset', dataset, '--out', ablation, '--only', 'classical-srp', 'ours',
+             '--epochs', plan.student_epochs, '--pretext-epochs', plan.pretext_epochs]
+    st.commands[name] = ['mmdistill ' + ' '.join(str(a).replace(str(out) + '/', '') for a in aargs),
+                         'mmdistill evaluate --checkpoint ablation/ours --dataset dataset --out evaluation/metrics.json '
+                         '--report evaluation']
+    if st.start(name):
+        if ablation.exists():
+            shutil.rmtree(ablation)
+        _mmdistill(aargs, logs / 'student.log', threads=2, tee=True)
+        _mmdistill(['evaluate', '--checkpoint', ablation / 'ours', '--dataset', dataset,
+                    '--out', out / 'evaluation' / 'metrics.json', '--report', out / 'evaluation'],
+                   logs / 'evaluate.log', threads=2, tee=True)
+        st.finish(name)
+
+    # 6. runtime graph on a held-out drive ------------------------------------------------
+    name = 'runtime'
+    test_drive = next((d for d in split['test'] if d.startswith(plan.replay_scenario)), split['test'][0])
+    rargs = ['replay-eval', '--bag', labelled[test_drive], '--checkpoint', ablation / 'ours',
+             '--out', out / 'runtime' / 'replay.json', '--rate', plan.replay_rate, '--tracker', 'kalman']
+    st.commands[name] = ['mmdistill ' + ' '.join(str(a).replace(str(out) + '/', '') for a in rargs)]
+    if st.start(name):
+        (out / 'runtime').mkdir(exist_ok=True)
+        _mmdistill(rargs, logs / 'replay.log', threads=2, tee=True)
+        st.finish(name)
+
+    # 7. report --------------------------------------------------------------------------
+    st.start('report')
+    from .demo_report import write_demo_report
+    path = write_demo_report(out, plan, quick, drives, split, test_drive, st,
+                             total_s=time.perf_counter() - t_all)
+    print(f'[demo] wrote {path} in {time.perf_counter() - t_all:.0f} s', flush=True)
+    return path
