@@ -401,9 +401,18 @@ def scenario_geometry(scenario: str, channels: int) -> Optional[dict]:
 
 
 def _common_geometry(geometries: Sequence[Optional[dict]]) -> Optional[dict]:
-    """The drives' geometry when every drive has the same one, else None."""
-    first = geometries[0] if geometries else None
-    return first if first is not None and all(g == first for g in geometries) else None
+    """The drives' geometry when every drive has the same array and camera, else None. The speed
+    of sound varies with each scenario's air temperature; the common entry holds its mean."""
+    if not geometries or any(g is None for g in geometries):
+        return None
+    strip = [{k: v for k, v in g.items() if k != 'speed_of_sound_mps'} for g in geometries]
+    if any(g != strip[0] for g in strip):
+        return None
+    out = dict(geometries[0])
+    speeds = [g['speed_of_sound_mps'] for g in geometries if 'speed_of_sound_mps' in g]
+    if speeds:
+        out['speed_of_sound_mps'] = float(np.mean(speeds))
+    return out
 
 
 # ----------------------------------------------------------------------------------- hash

@@ -101,9 +101,16 @@ def write_demo_report(out: Path, plan, quick: bool, drives: List[str], split: Di
     if rep:
         L += [f'`student_node` → `tracking_node` (Kalman tracker) on real DDS, fed by a replay of test drive '
               f'`{test_drive}` at {plan.replay_rate:g}× real time with `/clock`.', '']
-        L += ['```json', json.dumps({k: v for k, v in rep.items() if k in ('detections', 'tracking', 'counts',
-                                                                            'coverage', 'frames')},
-                                    indent=1, default=str)[:4000], '```', '']
+        L += ['| reference | scored frames | AP@0.5 | mAP@Avg | CDx % | CDy % | MOTA | IDF1 | ID switches | '
+              'fragmentations | FP | FN |', '|---|---|---|---|---|---|---|---|---|---|---|---|']
+        for ref, block in rep.get('references', {}).items():
+            d, t = block.get('detection', {}), block.get('tracking', {})
+            L.append(f'| {ref.replace("_", " ")} | {block.get("coverage", {}).get("scored_frames", "–")} | '
+                     f'{_f(d.get("AP50"))} | {_f(d.get("mAP_avg"))} | {_f(d.get("CDx"), 1)} | {_f(d.get("CDy"), 1)} | '
+                     f'{_f(t.get("MOTA"))} | {_f(t.get("IDF1"))} | {t.get("ID_switches", "–")} | '
+                     f'{t.get("fragmentations", "–")} | {t.get("FP", "–")} | {t.get("FN", "–")} |')
+        L += ['', f'{rep.get("detections", 0)} detection messages and {rep.get("track_frames", 0)} track messages '
+              'received; tracking is scored against the simulator\'s vehicle ids.', '']
     else:
         L += ['(not run)', '']
 

@@ -16,7 +16,7 @@ import numpy as np
 from mmdistill_common.errors import ConfigError
 
 from .dataset import DistillDataset
-from .metrics import evaluate_by_condition, evaluate_detections
+from .metrics import MIN_GT_HEIGHT_PX, evaluate_by_condition, evaluate_detections, truth_mask
 from .trainer import TEACHER_SCORE_THRESHOLD, plan_channels, predict_rows, reference_frames
 
 __all__ = ['check_frontend_compatible', 'student_predictor', 'evaluate_predictions', 'evaluate_checkpoint',
@@ -67,8 +67,10 @@ def evaluate_predictions(ds: DistillDataset, rows: Sequence[int], predictions: L
     out: Dict[str, dict] = {'num_frames': len(rows)}
     refs = {'pseudo_labels': reference_frames(ds, rows, 'fused')}
     if ds.has_ground_truth:
-        refs['ground_truth'] = [{'boxes': np.asarray(ds.ground_truth(int(r))['boxes'], np.float64).reshape(-1, 4)}
-                                for r in rows]
+        refs['ground_truth'] = []
+        for r in rows:
+            g = np.asarray(ds.ground_truth(int(r))['boxes'], np.float64).reshape(-1, 4)
+            refs['ground_truth'].append({'boxes': g[truth_mask(g)]})
     for name, ref in refs.items():
         res = evaluate_by_condition(predictions, ref, conds, size, keys=[k for k in CONDITION_KEYS
                                                                          if any(k in c for c in conds)])
@@ -120,7 +122,8 @@ def write_report(result: dict, ds: DistillDataset, out_dir: Path, title: str = '
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lines = [f'# {title}', '', f'{result["num_frames"]} frames of split `{result.get("split", "?")}`.', '']
+    lines = [f'# {title}', '', f'{result["num_frames"]} frames of split `{result.get("split", "?")}`. Ground truth '
+             f'counts vehicles at least {MIN_GT_HEIGHT_PX:g} px tall.', '']
     for ref in ('ground_truth', 'pseudo_labels'):
         if ref not in result:
             continue

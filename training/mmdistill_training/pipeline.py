@@ -43,6 +43,7 @@ class DemoPlan:
     duration_s: float
     teacher_epochs: int
     teacher_frame_stride: int
+    teacher_max_steps: int
     label_frame_stride: int
     dataset_frame_stride: int
     pretext_epochs: int
@@ -55,11 +56,11 @@ class DemoPlan:
 PLANS: Dict[str, DemoPlan] = {
     'full': DemoPlan(scenarios=('day-static', 'night-static', 'day-driving', 'night-driving',
                                 'occluded-crossing', 'dense-traffic', 'fog'),
-                     drives_per_scenario=3, duration_s=24.0, teacher_epochs=8, teacher_frame_stride=2,
+                     drives_per_scenario=3, duration_s=24.0, teacher_epochs=8, teacher_frame_stride=2, teacher_max_steps=800,
                      label_frame_stride=2, dataset_frame_stride=1, pretext_epochs=3, student_epochs=12,
                      replay_scenario='occluded-crossing', replay_rate=2.0),
     'quick': DemoPlan(scenarios=('day-static', 'night-static', 'occluded-crossing'),
-                      drives_per_scenario=3, duration_s=6.0, teacher_epochs=2, teacher_frame_stride=2,
+                      drives_per_scenario=3, duration_s=6.0, teacher_epochs=2, teacher_frame_stride=2, teacher_max_steps=60,
                       label_frame_stride=2, dataset_frame_stride=1, pretext_epochs=1, student_epochs=2,
                       replay_scenario='occluded-crossing', replay_rate=4.0),
 }
@@ -170,7 +171,8 @@ def run_demo(out: Path, plan: DemoPlan, quick: bool) -> Path:
     teachers = out / 'teachers'
     targs = ['teachers', 'train', '--bags', *[bags[d] for d in train_drives],
              '--val-bags', *[bags[d] for d in held_out], '--out', teachers,
-             '--epochs', plan.teacher_epochs, '--frame-stride', plan.teacher_frame_stride, '--force']
+             '--epochs', plan.teacher_epochs, '--frame-stride', plan.teacher_frame_stride,
+             '--max-steps', plan.teacher_max_steps, '--force']
     st.commands[name] = ['mmdistill ' + ' '.join(str(a).replace(str(out) + '/', '') for a in targs)]
     if st.start(name):
         _mmdistill(targs, logs / 'teachers.log', threads=2, tee=True)

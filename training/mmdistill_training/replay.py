@@ -270,6 +270,14 @@ def _clean(obj):
     return obj
 
 
+def _tall(frame: dict) -> dict:
+    """Ground truth without the boxes below ``metrics.MIN_GT_HEIGHT_PX``."""
+    from .metrics import truth_mask
+    keep = truth_mask(frame['boxes'])
+    return {**frame, 'boxes': frame['boxes'][keep], 'ids': [i for i, k in zip(frame['ids'], keep) if k],
+            'labels': [x for x, k in zip(frame.get('labels', []), keep) if k]}
+
+
 def score(detections: Frames, tracks: Optional[Frames], references: Dict[str, Frames],
           image_size: Tuple[int, int], tolerance_ns: Optional[int] = None) -> dict:
     """Detection metrics against every reference, MOT metrics against references with ids."""
@@ -278,6 +286,8 @@ def score(detections: Frames, tracks: Optional[Frames], references: Dict[str, Fr
     for name, ref in references.items():
         stamps = [s for s, _ in ref]
         idx, preds, cover = align(detections, stamps, tolerance_ns)
+        if name == 'ground_truth':        # the same rule as mmdistill evaluate
+            ref = [(st, _tall(f)) for st, f in ref]
         gts = [{'boxes': ref[i][1]['boxes']} for i in idx]
         block = {'coverage': cover,
                  'detection': evaluate_detections([{'boxes': p['boxes'], 'scores': p['scores']} for p in preds],

@@ -280,3 +280,15 @@ def test_missing_topics_corrupt_bags_and_bad_options(bags, tmp_path, capsys):
     (tmp_path / 'out').mkdir()
     assert main(['dataset', 'build', '--bags', str(bags['plain']), '--out', str(tmp_path / 'out')]) == 2
     assert 'already exists' in capsys.readouterr().err
+
+
+def test_common_geometry_tolerates_per_scenario_speed_of_sound():
+    from mmdistill_training.dataset_build import _common_geometry, scenario_geometry
+    day, night = scenario_geometry('day-static', 8), scenario_geometry('night-static', 8)
+    assert day['speed_of_sound_mps'] != night['speed_of_sound_mps']      # different air temperature
+    common = _common_geometry([day, night])
+    assert common['mic_positions_m'] == day['mic_positions_m']
+    assert common['speed_of_sound_mps'] == pytest.approx((day['speed_of_sound_mps'] + night['speed_of_sound_mps']) / 2)
+    moved = dict(day, camera=dict(day['camera'], cx=100.0))
+    assert _common_geometry([day, moved]) is None
+    assert _common_geometry([day, None]) is None

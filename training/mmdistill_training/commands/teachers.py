@@ -1,0 +1,566 @@
+"""``mmdistill teachers train``: train the RGB, depth and thermal teachers on simulator bags and
+evaluate them, alone and fused into pseudo-labels, against the simulator's ground truth.
+
+Writes ``DIR/<m>.safetensors`` (+ ``.json``), ``DIR/metrics.json``, ``DIR/report.md`` and
+``DIR/examples/*.png`` (docs/data-formats.md §1).
+
+Protocol (what the numbers in the report mean):
+
+* **Split by drive** (= bag), never by frame: ``--val-bags``, or the rule of docs/data-formats.md
+  §3 applied to ``--bags`` (:func:`mmdistill_training.teacher_data.split_drives`).
+* **Training targets** of modality m: the ground-truth boxes that m's sensor shows (visible
+  fraction >= ``min_visible``) and that are at least ``min_box_height`` px tall. A teacher is
+  thus never asked to find a vehicle its sensor cannot see.
+* **Evaluation** against *all* ground-truth boxes (what a user cares about), so a teacher is
+  scored low where its sensor fails (RGB at night, depth far away, thermal on cold cars).
+  Boxes lower than ``eval_min_height`` px, and boxes no camera sees (visible fraction < 0.1 in
+  every modality: fully behind an occluder), are *ignored* (as in KITTI / Caltech): they are
+  not counted as misses, and an unmatched detection lower than ``eval_min_height`` or
+  overlapping an ignored box at IoU >= 0.3 is not a false positive.
+* **AP@0.5** (VOC, :func:`mmdistill_training.metrics.detection_ap`) of each teacher over all its
+  detections with score >= 0.05; and, for the fused-vs-single comparison, every method at its
+  **operating point**: each teacher alone at its fusion score threshold, the fused pseudo-labels
+  (per-teacher thresholds then class-agnostic NMS at IoU 0.5, :class:`FusionConfig` defaults)
+  and weighted box fusion with the same thresholds; AP@0.5, precision and recall at IoU 0.5.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from mmdistill_common.errors import ConfigError, InputError
+
+__all__ = ['TeacherTrainConfig', 'train_teachers', 'train_and_report', 'predict_frames', 'evaluate_predictions',
+           'evaluate_teachers', 'ignored_gt', 'ap_table', 'fused_table', 'write_examples', 'write_report', 'add_arguments', 'run']
+
+METHODS_FUSED = ('fused_nms', 'fused_wbf')
+SCORE_FLOOR = 0.05
+
+
+@dataclass
+class TeacherTrainConfig:
+    """Training recipe shared by the three teachers (defaults measured to fit the demo's budget:
+    see the README section "Teachers")."""
+    epochs: int = 6
+    batch_size: int = 4
+    lr: float = 2e-3
+    width: int = 8
+    fpn_channels: int = 32
+    head_convs: int = 1
+    min_visible: float = 0.25
+    min_box_height: float = 6.0
+    seed: int = 0
+    max_steps: Optional[int] = 500
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ConfigError('epochs and batch size must be >= 1 and lr > 0')
+        if not 0.0 <= self.min_visible <= 1.0:
+            raise ConfigError(f'min_visible must be in [0, 1], got {self.min_visible}')
+
+
+# ----------------------------------------------------------------------------- training
+
+def _frames_of(frames):
+    return frames.frames if hasattr(frames, 'frames') else list(frames)
+
+
+def train_teachers(train_frames, modalities: Sequence[str], config: TeacherTrainConfig,
+                   progress: bool = True) -> Dict[str, dict]:
+    """Train one teacher per modality on ``train_frames`` (a FrameSet or list of TeacherFrame).
+
+    Returns ``modality -> {'model', 'history', 'wall_s', 'frames', 'boxes', 'steps'}``.
+    """
+    import torch
+
+    from mmdistill_teachers.detector import TeacherDetector
+    from mmdistill_teachers.training import seed_everything, train_teacher
+
+    frames = _frames_of(train_frames)
+    if not frames:
+        raise InputError('no training frames')
+    h, w = next(iter(frames[0].images.values())).shape[:2]
+    out = {}
+    for m in modalities:
+        if m not in frames[0].images:
+            raise InputError(f'training frames have no {m} images')
+        start = time.perf_counter()
+        seed_everything(config.seed)
+        model = TeacherDetector(m, input_size=(w, h), width=config.width, fpn_channels=config.fpn_channels,
+                                head_convs=config.head_convs)
+        # preprocess once: the same tensors are reused every epoch
+        x = torch.stack([model.preprocess(f.images[m]) for f in frames])
+        boxes = []
+        for f in frames:
+            b = f.target_boxes(m, config.min_visible)
+            boxes.append(b[(b[:, 3] - b[:, 1]) >= config.min_box_height])
+        hist = train_teacher(model, x, boxes, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                             seed=config.seed, max_steps=config.max_steps, progress=progress)
+        del x
+        out[m] = {'model': model, 'history': hist, 'wall_s': time.perf_counter() - start,
+                  'frames': len(frames), 'boxes': int(sum(len(b) for b in boxes)),
+                  'steps': len(hist['step_loss'])}
+    return out
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def predict_frames(teachers: Mapping[str, object], frames, batch_size: int = 16,
+                   score_threshold: float = SCORE_FLOOR, progress: bool = False) -> Dict[str, List[dict]]:
+    """Run every teacher on every frame: ``modality -> [predict() result per frame]``."""
+    from tqdm import tqdm
+    frames = _frames_of(frames)
+    out: Dict[str, List[dict]] = {}
+    for m, model in teachers.items():
+        preds: List[dict] = []
+        for i in tqdm(range(0, len(frames), batch_size), desc=f'evaluate {m}', unit='batch',
+                      disable=not progress, leave=False):
+            chunk = frames[i:i + batch_size]
+            missing = [f.drive for f in chunk if m not in f.images]
+            if missing:
+                raise InputError(f'frames of drive {missing[0]} have no {m} image')
+            preds += model.predict([f.images[m] for f in chunk], score_threshold=score_threshold)
+        out[m] = preds
+    return out
+
+
+def _with_ignore(boxes: np.ndarray, scores: np.ndarray, gt: np.ndarray, ignore: np.ndarray,
+                 min_height: float = 0.0):
+    """Drop the ignored GT (``ignore`` mask) and the unmatched detections that are ignored too:
+    lower than ``min_height`` px, or overlapping an ignored GT box at IoU >= 0.3 (loose: a box too
+    small to count is also too small to localise at IoU 0.5)."""
+    from mmdistill_common.boxes import iou_matrix
+    from mmdistill_training.metrics import match_frame
+
+    gt = np.asarray(gt, np.float64).reshape(-1, 4)
+    keep_gt, ign = gt[~ignore], gt[ignore]
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    if len(boxes):
+        matched = match_frame(boxes, scores, keep_gt) >= 0
+        drop = (boxes[:, 3] - boxes[:, 1]) < min_height
+        if len(ign):
+            drop |= iou_matrix(boxes, ign).max(axis=1) >= 0.3
+        k = matched | ~drop
+        boxes, scores = boxes[k], scores[k]
+    return {'boxes': boxes, 'scores': scores}, {'boxes': keep_gt}
+
+
+def ignored_gt(frame, eval_min_height: float = 8.0, min_seen: float = 0.1) -> np.ndarray:
+    """Mask of the GT boxes the evaluation ignores: lower than ``eval_min_height`` px, or seen by
+    no camera (visible fraction < ``min_seen`` in every modality, e.g. fully behind an occluder)."""
+    b = frame.boxes
+    if len(b) == 0:
+        return np.zeros(0, bool)
+    seen = np.max(np.stack([frame.visible[m] for m in sorted(frame.visible)]), axis=0)
+    return ((b[:, 3] - b[:, 1]) < eval_min_height) | (seen < min_seen)
+
+
+def _condition_index(frames) -> Dict[str, List[int]]:
+    from mmdistill_training.teacher_data import CONDITIONS
+    groups: Dict[str, List[int]] = {'all': list(range(len(frames)))}
+    for name, pred in CONDITIONS.items():
+        idx = [i for i, f in enumerate(frames) if pred(f.tags)]
+        if idx:
+            groups[name] = idx
+    return groups
+
+
+def _scores(preds, gts, idx) -> dict:
+    from mmdistill_training.metrics import detection_ap, match_frame
+    p = [preds[i] for i in idx]
+    g = [gts[i] for i in idx]
+    ap = detection_ap(p, g, per_class=False)
+    tp = sum(int((match_frame(a['boxes'], a['scores'], b['boxes']) >= 0).sum()) for a, b in zip(p, g))
+    n_pred, n_gt = ap['num_pred'], ap['num_gt']
+    return {'AP50': ap['AP50'], 'AP75': ap['AP75'], 'num_gt': n_gt, 'num_pred': n_pred, 'num_frames': len(idx),
+            'precision': tp / n_pred if n_pred else math.nan, 'recall': tp / n_gt if n_gt else math.nan}
+
+
+def evaluate_predictions(predictions: Mapping[str, List[dict]], frames, fusion_config=None,
+                         eval_min_height: float = 8.0, min_seen: float = 0.1) -> dict:
+    """Score teacher predictions (from :func:`predict_frames`) and their fusion against ground truth.
+
+    Returns ``{'conditions': {name: n_frames}, 'teachers': {m: {cond: scores}},
+    'operating_point': {method: {cond: scores}}, 'fusion': {...}, 'eval_min_height'}``, where
+    ``scores`` = ``AP50, AP75, precision, recall, num_gt, num_pred, num_frames`` and ``method``
+    is each modality (alone, at its fusion threshold), ``fused_nms`` and ``fused_wbf``.
+    """
+    from mmdistill_teachers.fusion import fuse_detections
+    from mmdistill_teachers.labelling import FusionConfig
+
+    frames = _frames_of(frames)
+    mods = tuple(predictions)
+    if fusion_config is None:
+        fusion_config = FusionConfig(modalities=mods)
+    thr = {m: float(fusion_config.score_thresholds[m]) for m in mods}
+    n = len(frames)
+    for m, p in predictions.items():
+        if len(p) != n:
+            raise ValueError(f'{len(p)} {m} predictions for {n} frames')
+    groups = _condition_index(frames)
+    ignores = [ignored_gt(f, eval_min_height, min_seen) for f in frames]
+
+    def scored(per_frame: List[dict]) -> Dict[str, dict]:
+        pairs = [_with_ignore(d['boxes'], d['scores'], f.boxes, ign, eval_min_height) for d, f, ign in zip(per_frame, frames, ignores)]
+        preds, gts = [a for a, _ in pairs], [b for _, b in pairs]
+        return {c: _scores(preds, gts, idx) for c, idx in groups.items()}
+
+    out = {'eval_min_height': eval_min_height, 'min_seen': min_seen, 'score_floor': SCORE_FLOOR,
+           'conditions': {c: len(idx) for c, idx in groups.items()},
+           'fusion': {'score_thresholds': thr, 'iou_threshold': fusion_config.iou_threshold,
+                      'max_detections': fusion_config.max_detections},
+           'teachers': {m: scored(predictions[m]) for m in mods}, 'operating_point': {}}
+    for m in mods:
+        cut = []
+        for d in predictions[m]:
+            k = d['scores'] >= thr[m]
+            cut.append({'boxes': d['boxes'][k], 'scores': d['scores'][k]})
+        out['operating_point'][m] = scored(cut)
+    for method in ('nms', 'wbf'):
+        fused = []
+        for i in range(n):
+            fd = fuse_detections({m: predictions[m][i] for m in mods}, score_thresholds=thr,
+                                 iou_threshold=fusion_config.iou_threshold, method=method, modalities=mods,
+                                 max_detections=fusion_config.max_detections)
+            fused.append({'boxes': fd.boxes, 'scores': fd.scores})
+        out['operating_point'][f'fused_{method}'] = scored(fused)
+    return out
+
+
+def evaluate_teachers(teachers: Mapping[str, object], frames, fusion_config=None,
+                      eval_min_height: float = 8.0, min_seen: float = 0.1, progress: bool = False) -> dict:
+    """Single teachers and fused pseudo-labels vs ground truth, per condition (see
+    :func:`evaluate_predictions`); ``teachers`` maps modality -> TeacherDetector (or any
+    :class:`mmdistill_teachers.detector.Teacher`), ``frames`` a FrameSet or list of TeacherFrame."""
+    frames = _frames_of(frames)
+    if not frames:
+        raise InputError('no frames to evaluate on')
+    preds = predict_frames(teachers, frames, progress=progress)
+    return evaluate_predictions(preds, frames, fusion_config, eval_min_height, min_seen)
+
+
+# ----------------------------------------------------------------------------- report
+
+def _fmt(v) -> str:
+    return '–' if v is None or (isinstance(v, float) and math.isnan(v)) else f'{v:.2f}'
+
+
+def ap_table(evaluation: dict) -> List[str]:
+    """Markdown: AP@0.5 of each teacher (all detections, score >= 0.05) per condition."""
+    conds = list(evaluation['conditions'])
+    lines = ['| teacher | ' + ' | '.join(conds) + ' |', '|---|' + '---|' * len(conds)]
+    for m, res in evaluation['teachers'].items():
+        lines.append(f'| {m} | ' + ' | '.join(_fmt(res[c]['AP50']) for c in conds) + ' |')
+    lines.append('| *frames / GT boxes* | ' + ' | '.join(
+        f"{evaluation['conditions'][c]} / {next(iter(evaluation['teachers'].values()))[c]['num_gt']}"
+        for c in conds) + ' |')
+    return lines
+
+
+def fused_table(evaluation: dict) -> List[str]:
+    """Markdown: every method at its operating point, AP@0.5 (recall) per condition."""
+    conds = list(evaluation['conditions'])
+    names = {'fused_nms': '**fused (NMS, paper)**', 'fused_wbf': 'fused (WBF)'}
+    thr = evaluation['fusion']['score_thresholds']
+    lines = ['| method | ' + ' | '.join(conds) + ' |', '|---|' + '---|' * len(conds)]
+    for meth, res in evaluation['operating_point'].items():
+        label = names.get(meth, f'{meth} alone (score ≥ {thr.get(meth, 0):.2f})')
+        lines.append(f'| {label} | ' + ' | '.join(
+            f"{_fmt(res[c]['AP50'])} ({_fmt(res[c]['recall'])})" for c in conds) + ' |')
+    return lines
+
+
+def write_report(out: Path, info: dict, evaluation: Optional[dict], examples: Sequence[str]) -> Path:
+    lines = ['# Teachers', '',
+             f"Trained on {len(info['train_drives'])} drives ({info['train_frames']} frames, stride "
+             f"{info['frame_stride']}), validated on {len(info['val_drives'])} drives "
+             f"({info.get('val_frames', 0)} frames). Split: {info['split_rule']}.", '',
+             f"- train drives: {', '.join(info['train_drives'])}",
+             f"- val drives: {', '.join(info['val_drives']) or 'none'}", '',
+             '## Training', '',
+             '| teacher | frames | target boxes | steps | final loss | wall (s) |', '|---|---|---|---|---|---|']
+    for m, t in info['training'].items():
+        lines.append(f"| {m} | {t['frames']} | {t['boxes']} | {t['steps']} | {t['final_loss']:.3f} | "
+                     f"{t['wall_s']:.1f} |")
+    cfg = info['config']
+    lines += ['', f"Recipe: {cfg['epochs']} epochs (at most {cfg['max_steps']} steps), batch {cfg['batch_size']}, lr {cfg['lr']}, width "
+              f"{cfg['width']}, FPN {cfg['fpn_channels']} channels, {cfg['head_convs']} head conv(s); targets = "
+              f"GT boxes with visible fraction ≥ {cfg['min_visible']} for the modality and ≥ "
+              f"{cfg['min_box_height']:g} px tall. Total {info['wall_s']:.0f} s.", '']
+    if evaluation is None:
+        lines += ['## Evaluation', '', 'No validation drives, so no evaluation (give `--val-bags`, or two or more '
+                  'drives of a scenario).', '']
+    else:
+        h = evaluation['eval_min_height']
+        lines += ['## Single teachers vs ground truth (val drives)', '',
+                  f'AP@0.5 against **all** ground-truth vehicles that at least one camera sees (boxes lower than '
+                  f'{h:g} px, and vehicles no camera sees, are ignored), '
+                  f'each teacher\'s detections with score ≥ {SCORE_FLOOR}. A condition is a subset of frames '
+                  '(`occluded`: the frame holds an occluded vehicle); a teacher whose sensor fails in a '
+                  'condition scores low there by design of the simulator (RGB at night and in fog, depth '
+                  'beyond its range, thermal on cold parked cars).', '']
+        lines += ap_table(evaluation)
+        lines += ['', '## Fused pseudo-labels vs single teachers', '',
+                  'Each method at its operating point: a teacher alone keeps its detections above its '
+                  'fusion threshold; the fused pseudo-labels apply the per-teacher thresholds then '
+                  'class-agnostic NMS at IoU 0.5 (the paper, `FusionConfig` defaults) or weighted box '
+                  'fusion. Cells: AP@0.5 (recall at IoU 0.5).', '']
+        lines += fused_table(evaluation)
+        lines += ['']
+    if examples:
+        lines += ['## Examples', '', 'Green: ground truth; red: detections above the fusion threshold '
+                  '(score shown); last row: fused pseudo-labels on the RGB image.', '']
+        lines += [f'![{Path(e).stem}](examples/{Path(e).name})' for e in examples]
+    path = out / 'report.md'
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text('\n'.join(lines) + '\n')
+    os.replace(tmp, path)
+    return path
+
+
+def write_examples(out_dir: Path, frames, predictions: Mapping[str, List[dict]], fusion_config=None,
+                   n: int = 4, eval_min_height: float = 8.0) -> List[Path]:
+    """PNG per chosen frame: each modality with GT (green) and its detections (red), then the fused
+    labels on RGB. Frames are picked one per condition (night, fog, rain, occluded, day, ...)
+    with the most GT boxes of at least ``eval_min_height`` px."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from mmdistill_teachers.fusion import fuse_detections
+    from mmdistill_teachers.labelling import FusionConfig
+
+    frames = _frames_of(frames)
+    mods = tuple(predictions)
+    cfg = fusion_config or FusionConfig(modalities=mods)
+    thr = {m: float(cfg.score_thresholds[m]) for m in mods}
+    big = [int(np.sum((f.boxes[:, 3] - f.boxes[:, 1]) >= eval_min_height)) for f in frames]
+    picks: List[tuple] = []
+    for cond in ('night', 'fog', 'rain', 'occluded', 'day', 'dusk', 'driving', 'clear'):
+        cand = [i for i, f in enumerate(frames) if cond in f.conditions and i not in [p[0] for p in picks]
+                and f.drive not in [frames[p[0]].drive for p in picks]]
+        if cand:
+            picks.append((max(cand, key=lambda i: (big[i], -i)), cond))
+        if len(picks) >= n:
+            break
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for j, (i, cond) in enumerate(picks):
+        f = frames[i]
+        fused = fuse_detections({m: predictions[m][i] for m in mods}, score_thresholds=thr, modalities=mods,
+                                iou_threshold=cfg.iou_threshold)
+        rows = [(m, f.images[m], predictions[m][i]['boxes'][predictions[m][i]['scores'] >= thr[m]],
+                 predictions[m][i]['scores'][predictions[m][i]['scores'] >= thr[m]]) for m in mods]
+        base = f.images['rgb'] if 'rgb' in f.images else f.images[mods[0]]
+        rows.append(('fused', base, fused.boxes, fused.scores))
+        fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.6 * len(rows) + 0.5), squeeze=False)
+        for ax, (name, im, boxes, scores) in zip(axes[:, 0], rows):
+            if im.ndim == 3:
+                ax.imshow(im)
+            elif name == 'depth':
+                ax.imshow(np.nan_to_num(im, nan=0.0), cmap='turbo', vmin=0, vmax=max(1.0, float(np.nanmax(im))
+                          if np.isfinite(im).any() else 1.0))
+            else:
+                ax.imshow(im.astype(np.float32), cmap='inferno')
+            for b in f.boxes:
+                ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec='lime', lw=1.0))
+            for b, s in zip(boxes, scores):
+                ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec='red', lw=1.0))
+                ax.text(b[0], b[1] - 1, f'{s:.2f}', color='red', fontsize=6)
+            ax.set_title(f'{name}: {len(boxes)} detections', fontsize=8, loc='left')
+            ax.axis('off')
+        fig.suptitle(f'{f.drive} t={f.stamp_ns / 1e9:.1f} s ({cond}), {len(f.boxes)} GT', fontsize=9)
+        fig.tight_layout()
+        path = out_dir / f'{j}_{cond}_{f.drive}.png'
+        tmp = path.with_name(path.stem + '.tmp.png')
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest='teachers_command', metavar='SUBCOMMAND', required=True)
+    p = sub.add_parser('train', help='train the teachers on simulator bags and evaluate them',
+                       description='Train RGB / depth / thermal teachers on simulator bags (ground truth from '
+                                   '/sim/truth) and report AP per condition, alone and fused.')
+    d = TeacherTrainConfig()
+    p.add_argument('--bags', nargs='+', type=Path, required=True, help='simulator bags (one drive each)')
+    p.add_argument('--out', type=Path, required=True, help='teachers directory to write')
+    p.add_argument('--val-bags', nargs='+', type=Path, default=None,
+                   help='validation drives (default: split --bags by drive, docs/data-formats.md §3)')
+    p.add_argument('--modalities', nargs='+', default=['rgb', 'depth', 'thermal'],
+                   choices=['rgb', 'depth', 'thermal'], help='teachers to train (default all three)')
+    p.add_argument('--epochs', type=int, default=d.epochs, help=f'epochs (default {d.epochs})')
+    p.add_argument('--frame-stride', type=int, default=3, help='use every k-th camera frame (default 3)')
+    p.add_argument('--val-stride', type=int, default=None, help='frame stride on val drives (default: --frame-stride)')
+    p.add_argument('--batch-size', type=int, default=d.batch_size, help=f'batch size (default {d.batch_size})')
+    p.add_argument('--lr', type=float, default=d.lr, help=f'peak learning rate (default {d.lr})')
+    p.add_argument('--width', type=int, default=d.width, help=f'backbone base width (default {d.width})')
+    p.add_argument('--fpn-channels', type=int, default=d.fpn_channels, help=f'FPN channels (default {d.fpn_channels})')
+    p.add_argument('--head-convs', type=int, default=d.head_convs, help=f'head convs (default {d.head_convs})')
+    p.add_argument('--min-visible', type=float, default=d.min_visible,
+                   help=f'train on GT boxes at least this visible to the modality (default {d.min_visible})')
+    p.add_argument('--min-box-height', type=float, default=d.min_box_height,
+                   help=f'train on GT boxes at least this tall, px (default {d.min_box_height:g})')
+    p.add_argument('--eval-min-height', type=float, default=8.0,
+                   help='ignore GT boxes lower than this in the evaluation, px (default 8)')
+    p.add_argument('--max-steps', type=int, default=d.max_steps,
+                   help=f'stop each teacher after this many optimizer steps (default {d.max_steps}; 0 = no cap)')
+    p.add_argument('--seed', type=int, default=d.seed, help=f'seed (default {d.seed})')
+    p.add_argument('--threads', type=int, default=0, help='torch threads (default: torch default)')
+    p.add_argument('--examples', type=int, default=4, help='example PNGs to write (default 4)')
+    p.add_argument('--force', action='store_true', help='overwrite teachers already in --out')
+    p.add_argument('--no-progress', action='store_true', help='no progress bars')
+
+
+def _check_out(out: Path, modalities: Sequence[str], force: bool) -> None:
+    from mmdistill_teachers.weights import teacher_path
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f'--out {out} exists and is not a directory')
+    existing = [m for m in modalities if teacher_path(out, m).exists()]
+    if existing and not force:
+        raise ConfigError(f'{out} already holds {", ".join(existing)} teachers; pass --force to overwrite')
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)
+
+
+def _clean(o):
+    """NaN -> None so that metrics.json is strict JSON."""
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    return o
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.teachers_command != 'train':
+        raise ConfigError(f'unknown teachers subcommand {args.teachers_command!r}')
+    return train_command(args)
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from mmdistill_teachers.weights import teacher_path
+
+    from ..teacher_data import FrameSet, bag_scenario, read_frames, split_drives
+
+    start = time.perf_counter()
+    progress = not args.no_progress
+    mods = list(dict.fromkeys(args.modalities))
+    if args.frame_stride < 1 or (args.val_stride is not None and args.val_stride < 1):
+        raise ConfigError('--frame-stride and --val-stride must be >= 1')
+    cfg = TeacherTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, width=args.width,
+                             fpn_channels=args.fpn_channels, head_convs=args.head_convs,
+                             min_visible=args.min_visible, min_box_height=args.min_box_height, seed=args.seed,
+                             max_steps=args.max_steps or None)
+    _check_out(args.out, mods, args.force)
+    for b in list(args.bags) + list(args.val_bags or []):
+        if not Path(b).exists():
+            raise InputError(f'bag {b} does not exist')
+    names = [Path(b).name for b in args.bags] + [Path(b).name for b in (args.val_bags or [])]
+    if len(set(names)) != len(names):
+        raise InputError('bag directory names must be unique (they name the drives)')
+    if args.threads:
+        import torch
+        torch.set_num_threads(int(args.threads))
+
+    if args.val_bags:
+        train_bags, val_bags = list(args.bags), list(args.val_bags)
+        rule = 'explicit --val-bags'
+    else:
+        scen = {Path(b).name: bag_scenario(b)['scenario'] for b in args.bags}
+        tr, va = split_drives(scen)
+        by_name = {Path(b).name: Path(b) for b in args.bags}
+        train_bags, val_bags = [by_name[n] for n in tr], [by_name[n] for n in va]
+        rule = 'by drive, docs/data-formats.md §3 (val = the rule\'s val + test drives)'
+    if not train_bags:
+        raise InputError('no training drives left after the split')
+
+    train = read_frames(train_bags, mods, args.frame_stride, progress=progress)
+    val = read_frames(val_bags, mods, args.val_stride or args.frame_stride, progress=progress) \
+        if val_bags else FrameSet()
+    if len(val) and val.image_size != train.image_size:
+        raise InputError(f'val images are {val.image_size}, train images {train.image_size} (WxH)')
+
+    metrics = train_and_report(train, val, args.out, mods, cfg, eval_min_height=args.eval_min_height,
+                               examples=args.examples, split_rule=rule, frame_stride=args.frame_stride,
+                               val_stride=args.val_stride or args.frame_stride, progress=progress, start=start)
+    print(f'wrote {", ".join(str(teacher_path(args.out, m)) for m in mods)}, {args.out / "metrics.json"}, '
+          f'{args.out / "report.md"} ({metrics["wall_s"]:.0f} s)')
+    if metrics['evaluation'] is not None:
+        print('\n'.join(fused_table(metrics['evaluation'])))
+    return 0
+
+
+def train_and_report(train, val, out: Path, modalities: Sequence[str], cfg: TeacherTrainConfig,
+                     fusion_config=None, eval_min_height: float = 8.0, examples: int = 4,
+                     split_rule: str = 'given', frame_stride: int = 1, val_stride: int = 1,
+                     progress: bool = True, start: Optional[float] = None) -> dict:
+    """Train the teachers on ``train`` (FrameSet), evaluate on ``val`` (FrameSet, may be empty) and
+    write ``out/<m>.safetensors``, ``metrics.json``, ``report.md``, ``examples/``. Returns the
+    metrics dict (as written; NaN as None). The CLI's core, callable with
+    :func:`~mmdistill_training.teacher_data.simulator_frames` (no bags) by the demo."""
+    from mmdistill_teachers.labelling import FusionConfig
+    from mmdistill_teachers.weights import save_teacher, teacher_path
+
+    start = time.perf_counter() if start is None else start
+    mods = list(modalities)
+    out = Path(out)
+    trained = train_teachers(train, mods, cfg, progress=progress)
+    teachers = {m: t['model'] for m, t in trained.items()}
+    fusion = fusion_config or FusionConfig(
+        score_thresholds={m: FusionConfig().score_thresholds[m] for m in mods}, modalities=tuple(mods))
+    evaluation, example_paths = None, []
+    if len(val):
+        preds = predict_frames(teachers, val, progress=progress)
+        evaluation = evaluate_predictions(preds, val, fusion, eval_min_height)
+        if examples > 0:
+            example_paths = write_examples(out / 'examples', val.frames, preds, fusion, n=examples,
+                                           eval_min_height=eval_min_height)
+
+    info = {'config': dataclasses.asdict(cfg), 'frame_stride': frame_stride, 'val_stride': val_stride,
+            'split_rule': split_rule, 'train_drives': sorted(train.drives), 'val_drives': sorted(val.drives),
+            'drives': {**train.drives, **val.drives}, 'train_frames': len(train), 'val_frames': len(val),
+            'skipped': {**train.skipped}, 'training': {}}
+    for m, t in trained.items():
+        info['training'][m] = {'frames': t['frames'], 'boxes': t['boxes'], 'steps': t['steps'],
+                               'wall_s': round(t['wall_s'], 2), 'final_loss': t['history']['loss'][-1],
+                               'loss': t['history']['loss']}
+    out.mkdir(parents=True, exist_ok=True)
+    for m, model in teachers.items():
+        val_ap = None if evaluation is None else {c: r['AP50'] for c, r in evaluation['teachers'][m].items()}
+        save_teacher(model, teacher_path(out, m), training_info=_clean({
+            'command': 'mmdistill teachers train',
+            **{k: info[k] for k in ('config', 'frame_stride', 'train_drives', 'val_drives')},
+            **info['training'][m], 'val_AP50': val_ap}))
+    info['wall_s'] = time.perf_counter() - start
+    metrics = _clean({'format': 'mmdistill-teacher-metrics', 'format_version': 1, **info, 'evaluation': evaluation})
+    path = out / 'metrics.json'
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(json.dumps(metrics, indent=2, default=_json_default, allow_nan=False) + '\n')
+    os.replace(tmp, path)
+    write_report(out, info, evaluation, [str(p) for p in example_paths])
+    return metrics

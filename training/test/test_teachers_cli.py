@@ -1,0 +1,127 @@
+"""``mmdistill teachers train``: a tiny end-to-end run on two short simulator bags, and bad input."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from mmdistill_sim.scenario import load_scenario
+from mmdistill_teachers.labelling import FusionConfig
+from mmdistill_teachers.weights import load_teachers, read_metadata
+from mmdistill_training.cli import main
+from mmdistill_training.commands.sim import write_bag
+from mmdistill_training.commands.teachers import evaluate_predictions, evaluate_teachers
+from mmdistill_training.teacher_data import TeacherFrame
+
+
+def short(name, seed, duration=1.5):
+    return dataclasses.replace(load_scenario(name, seed=seed), duration_s=duration)
+
+
+@pytest.fixture(scope='module')
+def bags(tmp_path_factory):
+    root = tmp_path_factory.mktemp('bags')
+    paths = []
+    for seed in (21, 22):
+        p = root / f'dense-{seed}'
+        write_bag(short('dense-traffic', seed), p, progress=False)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture(scope='module')
+def trained(bags, tmp_path_factory):
+    out = tmp_path_factory.mktemp('run') / 'teachers'
+    rc = main(['teachers', 'train', '--bags', *map(str, bags), '--out', str(out), '--epochs', '1',
+               '--frame-stride', '1', '--threads', '1', '--no-progress', '--examples', '2'])
+    assert rc == 0
+    return out
+
+
+def test_writes_teachers_metrics_report_examples(trained, bags):
+    for m in ('rgb', 'depth', 'thermal'):
+        assert (trained / f'{m}.safetensors').is_file() and (trained / f'{m}.json').is_file()
+        info = read_metadata(trained / f'{m}.safetensors')['training']
+        assert info['train_drives'] == ['dense-21'] and info['val_drives'] == ['dense-22']
+        assert info['steps'] == 4 and info['frames'] == 15          # 15 frames, batch 4, 1 epoch
+        assert set(info['val_AP50']) >= {'all', 'day', 'clear', 'static'}
+    teachers = load_teachers(trained)
+    assert {m: t.modality for m, t in teachers.items()} == {'rgb': 'rgb', 'depth': 'depth', 'thermal': 'thermal'}
+    metrics = json.loads((trained / 'metrics.json').read_text())
+    ev = metrics['evaluation']
+    assert metrics['split_rule'].startswith('by drive') and metrics['val_frames'] == 15
+    assert set(ev['operating_point']) == {'rgb', 'depth', 'thermal', 'fused_nms', 'fused_wbf'}
+    assert ev['conditions']['all'] == 15 and 'night' not in ev['conditions']
+    assert ev['fusion']['score_thresholds'] == FusionConfig().score_thresholds
+    for res in ev['teachers'].values():
+        a = res['all']
+        assert a['num_gt'] > 0 and (a['AP50'] is None or 0.0 <= a['AP50'] <= 1.0)
+    report = (trained / 'report.md').read_text()
+    assert '## Single teachers vs ground truth' in report and '## Fused pseudo-labels vs single teachers' in report
+    assert '**fused (NMS, paper)**' in report and 'fused (WBF)' in report and 'thermal alone' in report
+    pngs = sorted((trained / 'examples').glob('*.png'))
+    assert len(pngs) == 1 and pngs[0].read_bytes()[:4] == b'\x89PNG'      # one val drive -> one example
+    assert f'examples/{pngs[0].name}' in report
+    assert not list(trained.glob('*.tmp'))
+
+
+def test_existing_output_needs_force(trained, bags, capsys):
+    rc = main(['teachers', 'train', '--bags', *map(str, bags), '--out', str(trained), '--no-progress'])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and '\n' not in err and '--force' in err
+
+
+@pytest.mark.parametrize('case', ['missing', 'no_images', 'bad_stride'])
+def test_bad_input_exits_2_with_one_line(case, bags, tmp_path, capsys):
+    args = ['teachers', 'train', '--out', str(tmp_path / 'out'), '--no-progress', '--epochs', '1']
+    if case == 'missing':
+        args += ['--bags', str(tmp_path / 'nope')]
+        expect = 'does not exist'
+    elif case == 'no_images':
+        p = tmp_path / 'noimg'
+        write_bag(short('dense-traffic', 5, 0.3), p, images=False, progress=False)
+        args += ['--bags', str(p), '--val-bags', str(bags[1])]
+        expect = 'no topic /sensors/camera/rgb/image_raw'
+    else:
+        args += ['--bags', str(bags[0]), '--frame-stride', '0']
+        expect = '--frame-stride'
+    rc = main(args)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and err.startswith('mmdistill teachers: error:') and expect in err
+    assert not (tmp_path / 'out' / 'rgb.safetensors').exists()
+
+
+def test_evaluation_scores_perfect_and_blind_teachers():
+    """The fused-vs-single evaluation: a perfect teacher gets AP 1, a blind one 0, and fusing them
+    keeps the perfect one's boxes; an invisible GT box (no camera sees it) is ignored."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(6):
+        boxes = np.array([[10 + 40 * i, 40, 60 + 40 * i, 80], [200, 10, 230, 30], [5, 5, 9, 9]], float)
+        vis = {'rgb': np.array([1.0, 0.0, 1.0]), 'depth': np.array([1.0, 0.0, 1.0]),
+               'thermal': np.array([1.0, 0.0, 1.0])}       # the second box is seen by no camera
+        tags = {'time_of_day': 'night' if i % 2 else 'day', 'weather': 'clear', 'ego_motion': 'static',
+                'occluded': False}
+        frames.append(TeacherFrame('d', i, {}, boxes, np.arange(3), ['car'] * 3, vis, np.zeros(3, bool), tags))
+    perfect = [{'boxes': f.boxes[:1].astype(np.float32), 'scores': np.array([0.9], np.float32),
+                'labels': np.zeros(1, np.int64)} for f in frames]
+    blind = [{'boxes': rng.uniform(100, 120, (1, 4)).astype(np.float32) + [0, 0, 30, 30],
+              'scores': np.array([0.8], np.float32), 'labels': np.zeros(1, np.int64)} for _ in frames]
+    ev = evaluate_predictions({'thermal': perfect, 'rgb': blind}, frames)
+    assert ev['conditions'] == {'all': 6, 'day': 3, 'night': 3, 'clear': 6, 'static': 6}
+    assert ev['teachers']['thermal']['all']['AP50'] == pytest.approx(1.0)
+    assert ev['teachers']['thermal']['all']['num_gt'] == 6            # tiny + unseen boxes ignored
+    assert ev['teachers']['rgb']['night']['AP50'] == 0.0
+    fused = ev['operating_point']['fused_nms']['all']
+    assert fused['recall'] == pytest.approx(1.0) and fused['precision'] == pytest.approx(0.5)
+    assert ev['operating_point']['fused_wbf']['all']['recall'] == pytest.approx(1.0)
+
+    class Fixed:
+        modality, class_names = 'thermal', ('vehicle',)
+
+        def predict(self, images, score_threshold=None):
+            return [perfect[0]] * len(images)
+    one = [dataclasses.replace(frames[0], images={'thermal': np.zeros((1, 1), np.float32)})]
+    ev2 = evaluate_teachers({'thermal': Fixed()}, one)
+    assert ev2['operating_point']['fused_nms']['all']['AP50'] == pytest.approx(1.0)
