@@ -51,13 +51,19 @@ def _section(md: str, title_regex: str) -> List[str]:
     return out
 
 
+def _stage_times(stages) -> List[float]:
+    t = [stages.elapsed(n) for n in ('simulate', 'teachers', 'label', 'dataset', 'student', 'runtime')]
+    return [x for x in t if not math.isnan(x)]
+
+
 def write_demo_report(out: Path, plan, quick: bool, drives: List[str], split: Dict[str, List[str]],
                       test_drive: str, stages, total_s: float) -> Path:
     L: List[str] = ['# mmdistill demo report', '']
     L += [f'Simulated drives: {len(drives)} ({len(plan.scenarios)} scenarios × {plan.drives_per_scenario}, '
           f'{plan.duration_s:g} s each){" — quick variant" if quick else ""}. '
-          f'Total wall time of this run {total_s / 60:.1f} min (stages reused from an earlier run count '
-          f'with their original time below). Reproduce with `make demo` (or `mmdistill demo'
+          f'The stages took {sum(_stage_times(stages)) / 60:.1f} min in all (this invocation '
+          f'{total_s / 60:.1f} min; a stage finished by an earlier invocation is reused and counted with '
+          f'its original time). Reproduce with `make demo` (or `mmdistill demo'
           f'{" --quick" if quick else ""}`).', '']
     L += ['Split by drive (never by frame): ' + '; '.join(f'{k}: {", ".join(v)}' for k, v in split.items()), '']
 

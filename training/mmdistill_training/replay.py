@@ -292,7 +292,9 @@ def score(detections: Frames, tracks: Optional[Frames], references: Dict[str, Fr
         block = {'coverage': cover,
                  'detection': evaluate_detections([{'boxes': p['boxes'], 'scores': p['scores']} for p in preds],
                                                   gts, image_size, per_class=False)}
-        has_ids = bool(ref) and all(all(x != '' for x in f['ids']) for _, f in ref)
+        # only the simulator's ground truth carries identities (pseudo-label ids name the
+        # supporting teachers, see mmdistill_teachers.labelling)
+        has_ids = name == 'ground_truth' and bool(ref) and all(all(x != '' for x in f['ids']) for _, f in ref)
         if tracks is not None and has_ids:
             tidx, tframes, tcover = align(tracks, stamps, tolerance_ns)
             block['tracking'] = mot_metrics(
