@@ -8,9 +8,12 @@ import json
 import math
 import re
 
+import pytest
+
 from mmdistill_training.cli import main
 
 
+@pytest.mark.timeout(1200)          # about 3.5 min on an idle 2-core machine
 def test_quick_demo_runs_every_stage_and_reports_numbers(tmp_path, capsys):
     out = tmp_path / 'demo'
     assert main(['demo', '--quick', '--out', str(out)]) == 0
