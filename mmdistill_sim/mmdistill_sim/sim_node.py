@@ -13,10 +13,8 @@ import sys
 import time
 from typing import Dict, Iterator, Optional
 
-import rclpy
 from audio_common_msgs.msg import AudioDataStamped, AudioInfo
 from mmdistill_msgs.msg import SimTruth
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image
@@ -24,7 +22,7 @@ from vision_msgs.msg import Detection2DArray
 
 from mmdistill_common import topics
 from mmdistill_common.conversions import ns_to_stamp
-from mmdistill_common.errors import MmdistillError
+from mmdistill_common.node_main import run_node
 from mmdistill_common.params import Param, declare_parameters
 from mmdistill_common.qos import incompatible_qos_warner, latched_qos, stream_qos
 
@@ -110,21 +108,7 @@ class SimNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SimNode()
-        rclpy.spin(node)
-    except MmdistillError as exc:
-        print(f'sim_node: error: {exc}', file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node('sim_node', SimNode, args)
 
 
 if __name__ == '__main__':

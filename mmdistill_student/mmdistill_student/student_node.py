@@ -22,15 +22,14 @@ import threading
 import time
 from typing import Dict, Optional
 
-import rclpy
 from audio_common_msgs.msg import AudioDataStamped, AudioInfo
-from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from vision_msgs.msg import Detection2DArray
 
 from mmdistill_common import topics
 from mmdistill_common.conversions import check_audio_info, detections_to_msg, msg_to_audio, stamp_to_ns
 from mmdistill_common.errors import ConfigError, InputError, MmdistillError
+from mmdistill_common.node_main import autostart, run_node
 from mmdistill_common.params import Param, declare_parameters
 from mmdistill_common.qos import incompatible_qos_warner, latched_qos, stream_qos
 
@@ -250,25 +249,7 @@ class StudentNode(LifecycleNode):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = StudentNode()
-        if node.p['autostart']:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                raise ConfigError('configure failed (see the log line above)')
-            node.trigger_activate()      # on failure the node stays inactive and says why
-        rclpy.spin(node)
-    except MmdistillError as exc:
-        print(f'student_node: error: {exc}', file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node('student_node', StudentNode, args, start=autostart)
 
 
 if __name__ == '__main__':

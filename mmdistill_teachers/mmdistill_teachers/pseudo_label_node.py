@@ -17,15 +17,14 @@ import time
 from collections import Counter
 from typing import Dict
 
-import rclpy
 from mmdistill_msgs.msg import AttentionPyramid, PseudoLabel
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from vision_msgs.msg import Detection2DArray
 
 from mmdistill_common import sync, topics
 from mmdistill_common.conversions import stamp_to_ns
 from mmdistill_common.errors import MmdistillError
+from mmdistill_common.node_main import run_node
 from mmdistill_common.params import Param, declare_parameters
 from mmdistill_common.qos import incompatible_qos_warner, stream_qos
 
@@ -134,6 +133,10 @@ class PseudoLabelNode(Node):
         self.stats['fused_partial' if partial else 'fused'] += 1
         self._pub.publish(msg)
 
+    def destroy_node(self) -> None:
+        self.log_summary()            # the last counters, also when stopped by Ctrl-C
+        super().destroy_node()
+
     def log_summary(self) -> None:
         current = dict(self.stats)
         if current == self._last_summary:
@@ -146,22 +149,7 @@ class PseudoLabelNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = PseudoLabelNode()
-        rclpy.spin(node)
-    except MmdistillError as exc:
-        print(f'pseudo_label_node: error: {exc}', file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.log_summary()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node('pseudo_label_node', PseudoLabelNode, args)
 
 
 if __name__ == '__main__':

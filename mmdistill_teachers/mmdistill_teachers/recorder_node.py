@@ -18,13 +18,11 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 from mmdistill_common import topics
 from mmdistill_common.bagio import BagWriter, message_class
-from mmdistill_common.errors import MmdistillError
+from mmdistill_common.node_main import run_node
 from mmdistill_common.params import Param, declare_parameters
 from mmdistill_common.qos import incompatible_qos_warner, latched_qos, stream_qos
 
@@ -128,21 +126,7 @@ class RecorderNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = RecorderNode()
-        rclpy.spin(node)
-    except MmdistillError as exc:
-        print(f'recorder_node: error: {exc}', file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()     # closes the bag
-        rclpy.try_shutdown()
-    return 0
+    return run_node('recorder_node', RecorderNode, args)
 
 
 if __name__ == '__main__':

@@ -21,9 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-import rclpy
 from mmdistill_msgs.msg import AttentionPyramid
-from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray
@@ -31,6 +29,7 @@ from vision_msgs.msg import Detection2DArray
 from mmdistill_common import topics
 from mmdistill_common.conversions import msg_to_image, stamp_to_ns
 from mmdistill_common.errors import MmdistillError
+from mmdistill_common.node_main import autostart, run_node
 from mmdistill_common.params import Param, declare_parameters
 from mmdistill_common.qos import incompatible_qos_warner, stream_qos
 
@@ -179,27 +178,8 @@ class TeacherNode(LifecycleNode):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = TeacherNode()
-        if node.p['autostart']:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                print(f'teacher_node: error: configure failed for the {node.modality} teacher (see log)',
-                      file=sys.stderr)
-                return 2
-            node.trigger_activate()
-        rclpy.spin(node)
-    except MmdistillError as exc:
-        print(f'teacher_node: error: {exc}', file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node('teacher_node', TeacherNode, args,
+                    start=lambda node: autostart(node, f' for the {node.modality} teacher'))
 
 
 if __name__ == '__main__':

@@ -14,9 +14,7 @@ import time
 from typing import Dict, List, Optional
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import Point
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray
@@ -26,7 +24,8 @@ from mmdistill_common import topics
 from mmdistill_common.boxes import iou_matrix
 from mmdistill_common.conversions import (detections_to_msg, image_to_msg, make_header, msg_to_detections,
                                           stamp_to_ns)
-from mmdistill_common.errors import ConfigError, MmdistillError
+from mmdistill_common.errors import ConfigError
+from mmdistill_common.node_main import run_node
 from mmdistill_common.params import Param, declare_parameters
 from mmdistill_common.qos import incompatible_qos_warner, stream_qos
 
@@ -187,21 +186,7 @@ class TrackingNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = TrackingNode()
-        rclpy.spin(node)
-    except MmdistillError as exc:
-        print(f'tracking_node: error: {exc}', file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node('tracking_node', TrackingNode, args)
 
 
 if __name__ == '__main__':

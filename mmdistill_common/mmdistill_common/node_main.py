@@ -1,0 +1,50 @@
+"""The ``main()`` every node executable shares: init, build, (lifecycle autostart), spin, and a
+clean shutdown; a user error (``MmdistillError``) becomes one ``<node>: error: ...`` line and
+exit status 2, Ctrl-C / external shutdown exit 0 after the node was destroyed (a recorder
+closes its bag in ``destroy_node``)."""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Optional, Sequence
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+
+from .errors import ConfigError, MmdistillError
+
+__all__ = ['run_node', 'autostart']
+
+
+def autostart(node, what: str = '') -> None:
+    """Configure and activate a lifecycle node whose ``autostart`` parameter is true.
+
+    A failed configure raises :class:`ConfigError` (the node logged why); a refused activation
+    leaves the node inactive, saying why in its own log (e.g. a stream that does not fit)."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    if not node.get_parameter('autostart').value:
+        return
+    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+        raise ConfigError(f'configure failed{what} (see the log line above)')
+    node.trigger_activate()
+
+
+def run_node(name: str, factory: Callable[[], object], args: Optional[Sequence[str]] = None,
+             start: Optional[Callable[[object], None]] = None) -> int:
+    """Run the node ``factory()`` until shutdown; ``start(node)`` runs before spinning."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = factory()
+        if start is not None:
+            start(node)
+        rclpy.spin(node)
+    except MmdistillError as exc:
+        print(f'{name}: error: {exc}', file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
