@@ -13,12 +13,12 @@ from mmdistill_common import topics
 from mmdistill_common.bagio import BagReader, message_class
 from mmdistill_common.qos import latched_qos, stream_qos
 from mmdistill_common.testing import assert_msg_equal, wait_for
-from mmdistill_teachers.detector import TeacherDetector
 from mmdistill_teachers.labelling import FusionConfig, parse_pseudo_label
 from mmdistill_teachers.pseudo_label_node import PseudoLabelNode
 from mmdistill_teachers.recorder_node import RecorderNode
 from mmdistill_teachers.teacher_node import TeacherNode
-from mmdistill_teachers.weights import load_teachers, save_teacher
+from mmdistill_teachers.testing import save_sharp_teachers
+from mmdistill_teachers.weights import load_teachers
 from mmdistill_training.commands.sim import write_bag
 from mmdistill_training.labelling_offline import label_bag
 
@@ -31,14 +31,7 @@ def data(tmp_path_factory):
     from mmdistill_sim.scenario import load_scenario
     d = tmp_path_factory.mktemp('graph')
     torch.set_num_threads(1)
-    for i, m in enumerate(topics.CAMERAS):
-        torch.manual_seed(i)
-        t = TeacherDetector(modality=m, width=4, fpn_channels=8, head_convs=1, score_threshold=0.1,
-                            max_detections=10)
-        with torch.no_grad():                 # untrained, with a few confident cells
-            t.head.cls_out.weight.mul_(40)
-            t.head.ctr_out.weight.mul_(40)
-        save_teacher(t, d / 'teachers' / m)
+    save_sharp_teachers(d / 'teachers')
     write_bag(dataclasses.replace(load_scenario('day-static'), duration_s=2.0), d / 'sim', progress=False)
     return d
 

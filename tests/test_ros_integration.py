@@ -1,6 +1,5 @@
 """Real nodes in two processes over Fast DDS: every field survives the round trip."""
 import os
-import signal
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ from rclpy.node import Node
 from vision_msgs.msg import Detection2DArray
 
 from mmdistill_common.conversions import attention_to_msg, audio_to_msg, detections_to_msg
-from mmdistill_common.testing import assert_msg_equal, make_collector, wait_for
+from mmdistill_common.testing import assert_msg_equal, make_collector, stop_process, wait_for
 
 pytestmark = pytest.mark.ros
 HERE = os.path.dirname(__file__)
@@ -39,11 +38,7 @@ def relay_process():
     proc = subprocess.Popen([sys.executable, os.path.join(HERE, 'nodes', 'relay.py')],
                             stderr=subprocess.PIPE, text=True)
     yield proc
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_process(proc)
 
 
 def test_messages_cross_processes_unchanged(executor, relay_process):

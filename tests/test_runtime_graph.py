@@ -4,9 +4,7 @@ The student checkpoint is a small *untrained* StudentDetector saved with ``save_
 score threshold 0 so that it always emits boxes (and the tracker's start score is 0 so that they
 become tracks): these tests check plumbing, stamps and robustness, not detection quality.
 """
-import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -23,7 +21,7 @@ from mmdistill_common import topics
 from mmdistill_common.conversions import (audio_info, audio_to_msg, detections_to_msg, make_header,
                                           msg_to_detections, msg_to_image, stamp_to_ns)
 from mmdistill_common.qos import latched_qos, stream_qos
-from mmdistill_common.testing import make_collector, wait_for
+from mmdistill_common.testing import make_collector, start_node, stop_process, wait_for
 from mmdistill_student.checkpoint import save_checkpoint
 from mmdistill_student.model import StudentConfig, StudentDetector
 
@@ -39,22 +37,6 @@ def checkpoint(tmp_path_factory):
     cfg = StudentConfig(encoder=dict(widths=(8, 16), embed_dim=32, out_channels=16, dropout=0.0),
                         head_width=16, head_convs=1, score_threshold=0.0, max_detections=3)
     return save_checkpoint(StudentDetector(cfg), tmp_path_factory.mktemp('student') / 'ckpt')
-
-
-def start(module, *params):
-    args = [sys.executable, '-m', module, '--ros-args']
-    for p in params:
-        args += ['-p', p]
-    return subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
-
-
-def stop(proc):
-    proc.send_signal(signal.SIGINT)
-    try:
-        return proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return None
 
 
 def check_tracks(msgs, period_ns=100_000_000):
@@ -81,7 +63,7 @@ def test_sim_student_tracking_graph(executor, checkpoint):
     tracks = executor.add(make_collector(topics.TRACKS, Detection2DArray, stream_qos()))
     markers = executor.add(make_collector(topics.TRACK_MARKERS, MarkerArray, 10))
     images = executor.add(make_collector(topics.TRACK_IMAGE, Image, stream_qos()))
-    sim = start('mmdistill_sim.sim_node', 'scenario:=dense-traffic', 'duration:=8.0', 'images:=false',
+    sim = start_node('mmdistill_sim.sim_node', 'scenario:=dense-traffic', 'duration:=8.0', 'images:=false',
                 'publish_clock:=true')
     try:
         student = StudentNode(parameter_overrides=[Parameter('checkpoint', value=str(checkpoint))])
@@ -92,7 +74,7 @@ def test_sim_student_tracking_graph(executor, checkpoint):
         # the drive is long enough to survive slow discovery; it is stopped once tracks arrived
         ok = wait_for(lambda: len(tracks.messages) >= 8, timeout=25)
     finally:
-        rc = stop(sim)
+        rc = stop_process(sim)
     log = sim.stderr.read()[-2000:]
     assert ok, f'no tracks: student {student.published} published, dropped {student.dropped}, ' \
         f'stats {student.runtime.stats}; tracker {tracker.published}; sim: {log}'

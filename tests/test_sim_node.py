@@ -1,8 +1,5 @@
 """sim_node on a real graph: audio continuous, images at the frame rate, ground truth, latched audio_info."""
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -15,25 +12,9 @@ from vision_msgs.msg import Detection2DArray
 from mmdistill_common import topics
 from mmdistill_common.conversions import msg_to_audio, stamp_to_ns
 from mmdistill_common.qos import latched_qos, stream_qos
-from mmdistill_common.testing import make_collector, wait_for
+from mmdistill_common.testing import make_collector, start_node, stop_process, wait_for
 
 pytestmark = pytest.mark.ros
-
-
-def start_sim(*params):
-    args = [sys.executable, '-m', 'mmdistill_sim.sim_node', '--ros-args']
-    for p in params:
-        args += ['-p', p]
-    return subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
-
-
-def stop(proc):
-    proc.send_signal(signal.SIGINT)
-    try:
-        return proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return None
 
 
 def test_sim_node_streams(executor):
@@ -41,7 +22,8 @@ def test_sim_node_streams(executor):
     rgb = executor.add(make_collector(topics.image_topic('rgb'), Image, stream_qos()))
     gt = executor.add(make_collector(topics.GROUND_TRUTH, Detection2DArray, stream_qos()))
     clock = executor.add(make_collector(topics.CLOCK, Clock, 10))
-    proc = start_sim('scenario:=dense-traffic', 'duration:=2.0', 'rate:=2.0', 'publish_clock:=true')
+    proc = start_node('mmdistill_sim.sim_node', 'scenario:=dense-traffic', 'duration:=2.0', 'rate:=2.0',
+                      'publish_clock:=true')
     try:
         assert wait_for(lambda: rgb.messages and gt.messages, timeout=30), 'no images from sim_node'
         time.sleep(2.0)
@@ -50,7 +32,7 @@ def test_sim_node_streams(executor):
         assert info.wait_for(1, timeout=10), 'audio_info is not transient local'
         assert (info.messages[0].channels, info.messages[0].sample_rate) == (8, 44100)
     finally:
-        rc = stop(proc)
+        rc = stop_process(proc)
     assert rc == 0, proc.stderr.read()
     # audio chunks tile the signal (stamp = first sample), with nothing lost on a reliable stream
     # once matched (discovery on a loaded machine may miss the first chunks: the first received

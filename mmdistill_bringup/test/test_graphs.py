@@ -196,13 +196,13 @@ def test_rviz_config_shows_tracking_topics():
 def test_runner_process_runs_car_graph_and_stops_on_sigint(ros, tmp_path):
     """``mmdistill-bringup car`` brings the lifecycle student up (autostart) in a namespace and
     exits 0 on SIGINT."""
-    import signal
     import subprocess
     import sys
     import time
 
     import rclpy
     import torch
+    from mmdistill_common.testing import stop_process
     from mmdistill_student.checkpoint import save_checkpoint
     from mmdistill_student.model import StudentConfig, StudentDetector
     torch.manual_seed(0)
@@ -227,12 +227,7 @@ def test_runner_process_runs_car_graph_and_stops_on_sigint(ros, tmp_path):
         assert probe.count_publishers('/student/detections') >= 1
     finally:
         probe.destroy_node()
-        proc.send_signal(signal.SIGINT)
-        try:
-            rc = proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = None
+        rc = stop_process(proc, timeout=15)
     err = proc.stderr.read()
     assert rc == 0, err
     assert 'Traceback' not in err

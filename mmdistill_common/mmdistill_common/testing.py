@@ -13,6 +13,9 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 from typing import Any, Callable, List, Optional
@@ -62,6 +65,26 @@ class BackgroundExecutor:
             self.executor.remove_node(node)
             node.destroy_node()
         self.executor.shutdown()
+
+
+def start_node(module: str, *params: str, extra_args=()) -> subprocess.Popen:
+    """Run ``python -m module --ros-args -p NAME:=VALUE ...`` (a node's ``main``) in a child process
+    with stderr captured as text; the child inherits the test's domain and discovery range."""
+    args = [sys.executable, '-m', module, *extra_args, '--ros-args']
+    for p in params:
+        args += ['-p', p]
+    return subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> Optional[int]:
+    """SIGINT (what Ctrl-C sends) and wait; returns the exit status, or None after a kill."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
 
 
 def make_collector(topic: str, msg_type: Any, qos: Any = 10, name: Optional[str] = None):

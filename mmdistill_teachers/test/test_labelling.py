@@ -2,15 +2,14 @@
 messages equals fusion on arrays; PartialFrames groups late/missing teachers as documented."""
 import numpy as np
 import pytest
-import torch
 from rclpy.serialization import deserialize_message, serialize_message
 
 from mmdistill_common.errors import ConfigError, InputError
 from mmdistill_msgs.msg import AttentionPyramid, PseudoLabel
-from mmdistill_teachers.detector import TeacherDetector
 from mmdistill_teachers.fusion import fuse_detections
 from mmdistill_teachers.labelling import (FusionConfig, PartialFrames, detections_from_messages, fuse_messages,
                                           parse_pseudo_label, run_teacher, teacher_messages)
+from mmdistill_teachers.testing import sharp_teacher
 from vision_msgs.msg import Detection2DArray
 
 MODS = ('rgb', 'depth', 'thermal')
@@ -18,17 +17,6 @@ MODS = ('rgb', 'depth', 'thermal')
 
 def roundtrip(msg):
     return deserialize_message(serialize_message(msg), type(msg))
-
-
-def sharp_teacher(modality, seed=0):
-    """An untrained teacher whose score logits are stretched, so a few cells score high."""
-    torch.manual_seed(seed)
-    t = TeacherDetector(modality=modality, width=4, fpn_channels=8, head_convs=1, score_threshold=0.1,
-                        max_detections=10)
-    with torch.no_grad():
-        t.head.cls_out.weight.mul_(40)
-        t.head.ctr_out.weight.mul_(40)
-    return t.eval()
 
 
 def image(modality, seed):

@@ -1,8 +1,5 @@
 """recorder_node in its own process: records what it is asked to, stamps by header, and leaves a
 readable bag when stopped with SIGINT."""
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,20 +12,13 @@ from mmdistill_common import topics
 from mmdistill_common.bagio import BagReader
 from mmdistill_common.conversions import audio_info, audio_to_msg, detections_to_msg, image_to_msg
 from mmdistill_common.qos import latched_qos, stream_qos
-from mmdistill_common.testing import assert_msg_equal, wait_for
+from mmdistill_common.testing import assert_msg_equal, start_node, stop_process, wait_for
 from mmdistill_msgs.msg import PseudoLabel
 from mmdistill_teachers.recorder_node import PARAMS, cdr_header_stamp_ns, recorded_topics
 from vision_msgs.msg import Detection2DArray
 
 pytestmark = pytest.mark.ros
 MS = 1_000_000
-
-
-def start(*params):
-    args = [sys.executable, '-m', 'mmdistill_teachers.recorder_node', '--ros-args']
-    for p in params:
-        args += ['-p', p]
-    return subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
 
 
 def test_cdr_header_stamp_and_topic_selection():
@@ -44,7 +34,7 @@ def test_cdr_header_stamp_and_topic_selection():
 
 def test_recorder_sigint_leaves_readable_bag(executor, tmp_path):
     bag = tmp_path / 'rec'
-    proc = start(f'output:={bag}', 'record_ground_truth:=true')
+    proc = start_node('mmdistill_teachers.recorder_node', f'output:={bag}', 'record_ground_truth:=true')
     src = executor.add(Node('recorder_source'))
     pubs = {
         topics.AUDIO_INFO: src.create_publisher(AudioInfo, topics.AUDIO_INFO, latched_qos()),
@@ -79,12 +69,7 @@ def test_recorder_sigint_leaves_readable_bag(executor, tmp_path):
             images.publish(image_to_msg(np.zeros((4, 4, 3), np.uint8), 'rgb8', stamp))   # not recorded
         wait_for(lambda: False, timeout=1.5)    # let the reliable streams drain
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rc = proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = None
+        rc = stop_process(proc, timeout=20)
     err = proc.stderr.read()
     assert rc == 0, err
     with BagReader(bag) as reader:
@@ -100,6 +85,6 @@ def test_recorder_sigint_leaves_readable_bag(executor, tmp_path):
 
 def test_recorder_refuses_existing_output(tmp_path):
     (tmp_path / 'exists').mkdir()
-    proc = start(f'output:={tmp_path / "exists"}')
+    proc = start_node('mmdistill_teachers.recorder_node', f'output:={tmp_path / "exists"}')
     rc = proc.wait(timeout=60)
     assert rc == 2 and 'already exists' in proc.stderr.read()

@@ -5,7 +5,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -16,10 +15,10 @@ from mmdistill_common.conversions import image_to_msg, stamp_to_ns
 from mmdistill_common.qos import stream_qos
 from mmdistill_common.testing import assert_msg_equal, make_collector, wait_for
 from mmdistill_msgs.msg import AttentionPyramid
-from mmdistill_teachers.detector import TeacherDetector
 from mmdistill_teachers.labelling import run_teacher
 from mmdistill_teachers.teacher_node import PARAMS, TeacherNode
-from mmdistill_teachers.weights import load_teacher, save_teacher
+from mmdistill_teachers.testing import save_sharp_teachers
+from mmdistill_teachers.weights import load_teacher
 from vision_msgs.msg import Detection2DArray
 
 pytestmark = pytest.mark.ros
@@ -28,14 +27,7 @@ pytestmark = pytest.mark.ros
 @pytest.fixture(scope='module')
 def teachers_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp('teachers')
-    for i, m in enumerate(('rgb', 'depth', 'thermal')):
-        torch.manual_seed(i)
-        t = TeacherDetector(modality=m, width=4, fpn_channels=8, head_convs=1, score_threshold=0.1,
-                            max_detections=10)
-        with torch.no_grad():
-            t.head.cls_out.weight.mul_(40)
-            t.head.ctr_out.weight.mul_(40)
-        save_teacher(t, d / m)
+    save_sharp_teachers(d)
     return d
 
 

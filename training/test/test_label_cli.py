@@ -8,9 +8,8 @@ import torch
 
 from mmdistill_common import topics
 from mmdistill_common.bagio import BagReader, BagWriter
-from mmdistill_teachers.detector import TeacherDetector
 from mmdistill_teachers.labelling import parse_pseudo_label
-from mmdistill_teachers.weights import save_teacher
+from mmdistill_teachers.testing import save_sharp_teachers
 from mmdistill_training.cli import main
 from mmdistill_training.commands.sim import write_bag
 from mmdistill_training.labelling_offline import parse_thresholds
@@ -24,14 +23,7 @@ def data(tmp_path_factory):
     from mmdistill_sim.scenario import load_scenario
     d = tmp_path_factory.mktemp('label')
     torch.set_num_threads(1)
-    for i, m in enumerate(topics.CAMERAS):
-        torch.manual_seed(i)
-        t = TeacherDetector(modality=m, width=4, fpn_channels=8, head_convs=1, score_threshold=0.1,
-                            max_detections=10)
-        with torch.no_grad():
-            t.head.cls_out.weight.mul_(40)
-            t.head.ctr_out.weight.mul_(40)
-        save_teacher(t, d / 'teachers' / m)
+    save_sharp_teachers(d / 'teachers')
     scenario = dataclasses.replace(load_scenario('day-static'), duration_s=1.5)
     write_bag(scenario, d / 'sim', progress=False)
     return d
