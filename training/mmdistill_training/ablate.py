@@ -65,12 +65,8 @@ def classical_predictions(ds: DistillDataset, rows: Sequence[int], train_rows: S
     base = ClassicalBaseline.from_geometry(geo, algorithm=algorithm)
     try:
         base.fit([ds.labels(int(r))[0] for r in train_rows])
-    except ConfigError:
-        # no training pseudo-label at all: a car (4.5 m x 1.5 m) at the baseline's range
-        cam = geo['camera']
-        rng_m = float(getattr(base, 'range_m', 20.0))
-        base.box_size = (cam['fx'] * 4.5 / rng_m, cam.get('fy', cam['fx']) * 1.5 / rng_m,
-                         cam.get('cy', cam['height'] / 2) + cam.get('fy', cam['fx']) * (cam.get('height_m', 1.5) - 0.75) / rng_m)
+    except ConfigError:          # no training pseudo-label at all: a car at the baseline's range
+        base.fit_geometric()
     out = []
     for r in tqdm(rows, desc=f'classical {algorithm}', disable=not progress, unit='frame'):
         w = ds.audio_window(int(r)).astype(np.float32).T / 32768.0

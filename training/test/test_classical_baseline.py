@@ -151,3 +151,16 @@ def test_simulated_drive_single_vehicle_x_centre():
     assert len(errors) >= 35                              # the car is in view and audible most of the drive
     assert np.mean(errors < 0.06 * W) >= 0.85, np.round(errors, 1)
     assert np.mean(signs) >= 0.95
+
+
+def test_geometric_box_prior_without_labels():
+    """A 4.5 m x 1.5 m car at 20 m straight ahead through the default pinhole camera (pitch 0)."""
+    bl = ClassicalBaseline(MICS, CAM)
+    with pytest.raises(ConfigError, match='no box'):
+        bl.fit([np.zeros((0, 4))])
+    w, h, yc = bl.fit_geometric().box_size
+    fx, cam_h = CAM['fx'], CAM.get('height_m', 1.5)
+    assert w == pytest.approx(fx * 4.5 / 20.0, rel=0.02)       # array and camera nearly coincide
+    assert h == pytest.approx(CAM.get('fy', fx) * 1.5 / 20.0, rel=0.02)
+    assert yc == pytest.approx(CAM['cy'] + CAM.get('fy', fx) * (cam_h - 0.75) / 20.0, abs=0.5)
+    assert bl.predict(plane_waves([0.0], [1.0]))['boxes'].shape == (1, 4)

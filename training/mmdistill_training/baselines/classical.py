@@ -172,6 +172,21 @@ class ClassicalBaseline:
                          float(np.median((allb[:, 1] + allb[:, 3]) / 2)))
         return self
 
+    def fit_geometric(self, length_m: float = 4.5, height_m: float = 1.5) -> 'ClassicalBaseline':
+        """Box prior without any labels: a car (``length_m`` long, seen side-on, ``height_m``
+        tall) at ``range_m`` straight ahead of the array, projected through the camera."""
+        c = self.centre[:2]
+        pts = np.array([[c[0] + self.range_m, c[1] + length_m / 2, height_m / 2],
+                        [c[0] + self.range_m, c[1] - length_m / 2, height_m / 2],
+                        [c[0] + self.range_m, c[1], height_m],
+                        [c[0] + self.range_m, c[1], 0.0]])
+        uv, z = self.camera.project(pts)
+        if np.any(z <= _NEAR):
+            raise ConfigError('fit_geometric: a car straight ahead is behind the camera')
+        self.box_size = (float(abs(uv[0, 0] - uv[1, 0])), float(abs(uv[3, 1] - uv[2, 1])),
+                         float((uv[2, 1] + uv[3, 1]) / 2))
+        return self
+
     # ------------------------------------------------------------------ localisation
     def _locator(self):
         if self._doa is None:
