@@ -64,6 +64,9 @@ def test_player_delivers_all_in_time_with_clock(ros, bag):
         t_play = time.monotonic()
         assert spin_until(ex, lambda: player.done and len(gt.node.messages) == len(STAMPS), 10)
         t_end = time.monotonic()
+        # the last /clock is published just before `done` is set: let it arrive
+        spin_until(ex, lambda: clock.node.messages
+                   and stamp_to_ns(clock.node.messages[-1].clock) >= STAMPS[-1] + 200_000_000, 2)
         # a subscriber that joins after the end still gets audio_info (transient local)
         late = make_collector(topics.AUDIO_INFO, AudioInfo, latched_qos(), name='p_late_info')
         ex.add_node(late)
