@@ -120,6 +120,10 @@ class DistillDataset:
             self._ragged(f'teacher_{m}', {'boxes': box, 'scores': (np.float32, ())})
         if self.has_ground_truth:
             self._ragged('gt', {'boxes': box, 'ids': (np.int32, ()), 'occluded': (bool, ()), 'audible': (bool, ())})
+            m = int(self._arrays['gt_offsets'][-1])
+            if (self.root / 'gt_visible.npy').exists():      # datasets built before the evaluation rule lack them
+                self._load('gt_visible', np.float32, (m, len(MODALITIES)))
+                self._load('gt_distance', np.float32, (m,))
             self._load('gt_present', bool, (n,))
         drives = ix['drives']
         if not drives:
@@ -279,15 +283,21 @@ class DistillDataset:
                 np.array(self._arrays[f'teacher_{m}_scores'][s], np.float32))
 
     def ground_truth(self, row: int) -> Optional[dict]:
-        """dict(boxes (n, 4) float32, ids int32, occluded bool, audible bool), or None without truth."""
+        """dict(boxes (n, 4) float32, ids int32, occluded bool, audible bool, visible (n, 3) float32
+        per camera, distance (n,) float32 metres), or None without truth (no visible / distance in
+        datasets built before they were stored)."""
         r = self._row(row)
         if not self.has_ground_truth or not bool(self._arrays['gt_present'][r]):
             return None
         s = self._slice('gt', r)
-        return {'boxes': np.array(self._arrays['gt_boxes'][s], np.float32),
-                'ids': np.array(self._arrays['gt_ids'][s], np.int32),
-                'occluded': np.array(self._arrays['gt_occluded'][s], bool),
-                'audible': np.array(self._arrays['gt_audible'][s], bool)}
+        out = {'boxes': np.array(self._arrays['gt_boxes'][s], np.float32),
+               'ids': np.array(self._arrays['gt_ids'][s], np.int32),
+               'occluded': np.array(self._arrays['gt_occluded'][s], bool),
+               'audible': np.array(self._arrays['gt_audible'][s], bool)}
+        if 'gt_visible' in self._arrays:
+            out['visible'] = np.array(self._arrays['gt_visible'][s], np.float32)
+            out['distance'] = np.array(self._arrays['gt_distance'][s], np.float32)
+        return out
 
     def audio_window(self, row: int) -> np.ndarray:
         """The frame's raw window, int16 ``(window_samples, C)`` (what the features were computed from)."""

@@ -40,6 +40,10 @@ __all__ = ['BuildConfig', 'AudioTrack', 'DriveData', 'FORMAT', 'FORMAT_VERSION',
 FORMAT = 'mmdistill-dataset'
 FORMAT_VERSION = 1
 FEATURES = ('logmel', 'ild', 'gcc')
+#: the acoustic-image front end's groups (SRP-PHAT coherence, beam energy), steered from the geometry
+ACOUSTIC_FEATURES = ('srp', 'das')
+#: the acoustic image's STFT hop: 11.6 ms frames are finer than the bearing changes they track
+ACOUSTIC_HOP = 512
 MODALITIES = ('rgb', 'depth', 'thermal')
 STRIDES = (8, 16, 32)
 DEFAULT_IMAGE_SIZE = (384, 128)
@@ -60,15 +64,20 @@ class BuildConfig:
     split_file: Optional[Path] = None
     batch_size: int = 2                  # windows per front-end call; larger batches are slower on CPU (cache)
     tolerance_ns: Optional[int] = None   # audio continuity tolerance (default 1 ms, >= half a sample)
+    geometry: Optional[dict] = None      # mics + camera (calibration); None = from the named scenarios
 
     def __post_init__(self):
         self.features = tuple(self.features)
         if self.window not in ('centered', 'causal'):
             raise ConfigError(f"--window must be 'centered' or 'causal', got {self.window!r}")
-        unknown = [f for f in self.features if f not in FEATURES]
+        known = FEATURES + ACOUSTIC_FEATURES
+        unknown = [f for f in self.features if f not in known]
         if unknown or not self.features:
-            raise ConfigError(f'--features: unknown {unknown or "(empty)"}; choose from {",".join(FEATURES)}')
-        if 'logmel' not in self.features:
+            raise ConfigError(f'--features: unknown {unknown or "(empty)"}; choose from {",".join(known)}')
+        if self.acoustic:
+            if set(self.features) != set(ACOUSTIC_FEATURES):
+                raise ConfigError('--features: the acoustic image is srp,das (both), not mixed with spectrogram groups')
+        elif 'logmel' not in self.features:
             raise ConfigError('--features must include logmel (the other groups are added to it)')
         if len(set(self.features)) != len(self.features):
             raise ConfigError(f'--features lists a group twice: {",".join(self.features)}')
@@ -77,8 +86,22 @@ class BuildConfig:
         if int(self.batch_size) < 1:
             raise ConfigError(f'batch_size must be >= 1, got {self.batch_size}')
 
-    def frontend_config(self, sample_rate: int, channels: int):
+    @property
+    def acoustic(self) -> bool:
+        return any(f in ACOUSTIC_FEATURES for f in self.features)
+
+    def frontend_config(self, sample_rate: int, channels: int, geometry: Optional[dict] = None,
+                        image_size: Tuple[int, int] = DEFAULT_IMAGE_SIZE):
+        """The front end of the dataset's features; the acoustic image steers to the columns of the
+        finest student grid (stride 8) of ``image_size`` with the mics and camera of ``geometry``."""
         from mmdistill_student.frontend import FrontendConfig
+        if self.acoustic:
+            if geometry is None:
+                raise ConfigError('--features srp,das needs the array and camera geometry: the drives are not '
+                                  'named simulator scenarios with one common geometry; pass --geometry FILE.json')
+            return FrontendConfig(sample_rate=int(sample_rate), channels=int(channels), mode=self.window,
+                                  kind='acoustic_image', hop=ACOUSTIC_HOP, columns=int(image_size[0]) // STRIDES[0],
+                                  geometry=geometry)
         return FrontendConfig(sample_rate=int(sample_rate), channels=int(channels), mode=self.window,
                               use_ild='ild' in self.features, use_gccphat='gcc' in self.features)
 
@@ -206,7 +229,11 @@ def _truth_dict(msg) -> dict:
         boxes[k] = (cx - hw, cy - hh, cx + hw, cy + hh)
     return {'boxes': boxes, 'ids': np.array([v.id for v in msg.vehicles], np.int32),
             'occluded': np.array([v.occluded for v in msg.vehicles], bool),
-            'audible': np.array([v.audible for v in msg.vehicles], bool)}
+            'audible': np.array([v.audible for v in msg.vehicles], bool),
+            # for the evaluation rule (metrics.truth_sets): seen by a camera, distance bucket
+            'visible': np.array([[getattr(v, f'visible_{m}') for m in MODALITIES] for v in msg.vehicles],
+                                np.float32).reshape(n, len(MODALITIES)),
+            'distance': np.array([v.distance_m for v in msg.vehicles], np.float32)}
 
 
 def _image_size_of(label, where: str) -> Optional[Tuple[int, int]]:
@@ -486,7 +513,9 @@ def build_dataset(bags: Sequence[Path], out: Path, config: Optional[BuildConfig]
         raise InputError(f'bags differ in image size (from the attention maps): {sorted(sizes)}')
     image_size = sizes.pop() if sizes else DEFAULT_IMAGE_SIZE
     sample_rate, channels = rates.pop()
-    fcfg = config.frontend_config(sample_rate, channels)
+    geometries = [scenario_geometry(d.conditions['scenario'], d.audio.channels) for d in drives]
+    geometry = config.geometry if config.geometry is not None else _common_geometry(geometries)
+    fcfg = config.frontend_config(sample_rate, channels, geometry, image_size)
     n_frames = sum(len(d.frames) for d in drives)
     skipped = collections.Counter()
     for d in drives:
@@ -536,7 +565,7 @@ def build_dataset(bags: Sequence[Path], out: Path, config: Optional[BuildConfig]
                 'audio_gaps': d.audio.gaps, 'audio_overlaps': d.audio.overlaps,
                 'labelled': d.labelled, 'skipped': d.skipped, 'has_ground_truth': d.has_truth,
                 'teacher_topics': d.teacher_topics,
-                'geometry': scenario_geometry(d.conditions['scenario'], d.audio.channels)})
+                'geometry': geometries[di]})
         bar.close()
         feats.flush()
         del feats
@@ -582,10 +611,12 @@ def build_dataset(bags: Sequence[Path], out: Path, config: Optional[BuildConfig]
         has_gt = any(f.truth is not None for _, f in rows)
         if has_gt:
             empty_gt = {'boxes': _empty(), 'ids': _empty((), np.int32), 'occluded': _empty((), bool),
-                        'audible': _empty((), bool)}
+                        'audible': _empty((), bool), 'visible': _empty((len(MODALITIES),)),
+                        'distance': _empty(())}
             _ragged(tmp, 'gt', [f.truth if f.truth is not None else empty_gt for _, f in rows],
                     {'boxes': (np.float32, (4,)), 'ids': (np.int32, ()), 'occluded': (bool, ()),
-                     'audible': (bool, ())})
+                     'audible': (bool, ()), 'visible': (np.float32, (len(MODALITIES),)),
+                     'distance': (np.float32, ())})
             np.save(tmp / 'gt_present.npy', np.array([f.truth is not None for _, f in rows], bool))
 
         groups = feature_groups(fcfg)
@@ -596,7 +627,7 @@ def build_dataset(bags: Sequence[Path], out: Path, config: Optional[BuildConfig]
             'image_size': [int(w), int(h)], 'strides': list(STRIDES), 'modalities': list(MODALITIES),
             'class_names': class_names, 'n_frames': N, 'has_ground_truth': has_gt,
             'frame_stride': int(config.frame_stride),
-            'geometry': _common_geometry([d['geometry'] for d in drive_entries]),
+            'geometry': geometry,
             'drives': drive_entries,
             'skipped': {'incomplete_window': 0, 'audio_gap': 0, **dict(sorted(skipped.items()))},
             'float16_clipped': clipped,

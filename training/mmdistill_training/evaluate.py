@@ -1,8 +1,11 @@
 """Evaluation of a student (or any predictor) on a dataset split (DESIGN §8).
 
-Every number is reported against two references -- the fused teacher pseudo-labels (the
-paper's protocol) and, where the dataset has it, the simulator's ground truth -- overall and
-split by condition (time of day, weather, ego motion, occlusion, scenario).
+Every number is reported against the fused teacher pseudo-labels (the paper's protocol) and,
+where the dataset has it, the simulator's ground truth under the one evaluation rule of
+:func:`mmdistill_training.metrics.evaluate_truth` (headline: seen by a camera, >= 8 px tall,
+audible; second reference: all visible; distance buckets; the prior check against
+time-shuffled truth) -- overall and split by condition (time of day, weather, ego motion,
+occlusion, scenario).
 """
 from __future__ import annotations
 
@@ -16,14 +19,16 @@ import numpy as np
 from mmdistill_common.errors import ConfigError
 
 from .dataset import DistillDataset
-from .metrics import MIN_GT_HEIGHT_PX, evaluate_by_condition, evaluate_detections, truth_mask
+from .metrics import (MIN_GT_HEIGHT_PX, MIN_VISIBLE_FRACTION, evaluate_by_condition, evaluate_detections,
+                      evaluate_truth, reference_frame)
 from .trainer import TEACHER_SCORE_THRESHOLD, plan_channels, predict_rows, reference_frames
 
-__all__ = ['check_frontend_compatible', 'student_predictor', 'evaluate_predictions', 'evaluate_checkpoint',
-           'headline', 'write_report', 'CONDITION_KEYS']
+__all__ = ['check_frontend_compatible', 'student_predictor', 'truth_frames', 'evaluate_predictions',
+           'evaluate_checkpoint', 'headline', 'write_report', 'CONDITION_KEYS']
 
 CONDITION_KEYS = ('time_of_day', 'weather', 'ego_motion', 'occluded', 'scenario')
-_FRONTEND_MUST_MATCH = ('sample_rate', 'channels', 'n_mels', 'n_fft', 'hop', 'fmin', 'fmax', 'window_s', 'mode')
+_FRONTEND_MUST_MATCH = ('sample_rate', 'channels', 'n_mels', 'n_fft', 'hop', 'fmin', 'fmax', 'window_s', 'mode',
+                        'kind', 'columns', 'bands_hz')
 
 
 def check_frontend_compatible(model_frontend: dict, ds_frontend: dict) -> None:
@@ -59,25 +64,35 @@ def _conditions(ds: DistillDataset, rows: Sequence[int]) -> List[dict]:
     return out
 
 
+def truth_frames(ds: DistillDataset, rows: Sequence[int]) -> List[dict]:
+    """The simulator truth of ``rows`` as :func:`~mmdistill_training.metrics.evaluate_truth` takes
+    it (an empty frame where a row has none)."""
+    out = []
+    for r in rows:
+        g = ds.ground_truth(int(r))
+        out.append({'boxes': np.zeros((0, 4))} if g is None else
+                   {k: g[k] for k in ('boxes', 'audible', 'visible', 'distance') if k in g})
+    return out
+
+
 def evaluate_predictions(ds: DistillDataset, rows: Sequence[int], predictions: List[dict],
                          curves: bool = False) -> dict:
-    """Metrics of ``predictions`` (one per row) against pseudo-labels and ground truth, by condition."""
+    """Metrics of ``predictions`` (one per row) against pseudo-labels and, under the evaluation rule,
+    ground truth (``ground_truth``, ``ground_truth_all_visible``, ``ground_truth_shuffled``), by
+    condition."""
     size = tuple(ds.index['image_size'])
     conds = _conditions(ds, rows)
+    keys = [k for k in CONDITION_KEYS if any(k in c for c in conds)]
     out: Dict[str, dict] = {'num_frames': len(rows)}
-    refs = {'pseudo_labels': reference_frames(ds, rows, 'fused')}
+    pl = reference_frames(ds, rows, 'fused')
+    res = evaluate_by_condition(predictions, pl, conds, size, keys=keys)
+    if curves:
+        res['all']['curves'] = evaluate_detections(predictions, pl, size, per_class=False,
+                                                   return_curves=True)['curves']
+    out['pseudo_labels'] = res
     if ds.has_ground_truth:
-        refs['ground_truth'] = []
-        for r in rows:
-            g = np.asarray(ds.ground_truth(int(r))['boxes'], np.float64).reshape(-1, 4)
-            refs['ground_truth'].append({'boxes': g[truth_mask(g)]})
-    for name, ref in refs.items():
-        res = evaluate_by_condition(predictions, ref, conds, size, keys=[k for k in CONDITION_KEYS
-                                                                         if any(k in c for c in conds)])
-        if curves:
-            res['all']['curves'] = evaluate_detections(predictions, ref, size, per_class=False,
-                                                       return_curves=True)['curves']
-        out[name] = res
+        out.update(evaluate_truth(predictions, truth_frames(ds, rows), size, conditions=conds, keys=keys,
+                                  drives=[ds.drive_name(int(r)) for r in rows], curves=curves))
     return out
 
 
@@ -99,6 +114,12 @@ def evaluate_checkpoint(checkpoint: Path, dataset: Path, split: str = 'test', sc
         raise ConfigError(f'dataset {dataset} has no {split!r} frames')
     preds = student_predictor(model, meta, ds, score_threshold)(rows)
     res = evaluate_predictions(ds, rows, preds, curves=curves)
+    # how many boxes the runtime would publish (its own threshold, not the AP cut), beside the truth
+    thr = float(model.config.score_threshold)
+    res['operating_threshold'] = thr
+    res['boxes_per_frame'] = float(np.mean([np.sum(np.asarray(p['scores']) >= thr) for p in preds]))
+    if 'ground_truth' in res:
+        res['gt_boxes_per_frame'] = res['ground_truth']['all']['num_gt'] / len(rows)
     res.update({'checkpoint': str(checkpoint), 'dataset': str(dataset), 'split': split,
                 'model': meta.get('train_config', {}).get('name'),
                 'dataset_hash': ds.content_hash, 'checkpoint_dataset_hash': meta.get('dataset', {}).get('content_hash')})
@@ -123,18 +144,28 @@ def write_report(result: dict, ds: DistillDataset, out_dir: Path, title: str = '
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [f'# {title}', '', f'{result["num_frames"]} frames of split `{result.get("split", "?")}`. Ground truth '
-             f'counts vehicles at least {MIN_GT_HEIGHT_PX:g} px tall.', '']
-    for ref in ('ground_truth', 'pseudo_labels'):
+             f'(headline) = vehicles seen by a camera (visible fraction ≥ {MIN_VISIBLE_FRACTION:g}), at least '
+             f'{MIN_GT_HEIGHT_PX:g} px tall, audible by the simulator\'s flag; "all visible" drops the audible '
+             'condition; other vehicles are ignore regions (README, "The evaluation rule"). Truth fields known: '
+             f'{", ".join(result.get("truth_fields", [])) or "none"}.', '']
+    if 'ground_truth_shuffled' in result:
+        lines += [f'**Prior check:** AP@0.5 {_fmt(result["ground_truth"]["all"]["AP50"])} against the real ground '
+                  f'truth, {_fmt(result["ground_truth_shuffled"]["all"]["AP50"])} against time-shuffled ground truth '
+                  '(other frames\' truth; a small drop means the model learned the scene, not the sound).', '']
+    titles = {'ground_truth': 'ground truth (headline)', 'ground_truth_all_visible': 'ground truth, all visible',
+              'pseudo_labels': 'pseudo-labels'}
+    for ref in ('ground_truth', 'ground_truth_all_visible', 'pseudo_labels'):
         if ref not in result:
             continue
         r = result[ref]
-        lines += [f'## Against {ref.replace("_", " ")}', '',
-                  '| subset | frames | AP@0.5 | AP@0.75 | mAP@Avg | COCO AP | CDx % | CDy % |',
+        lines += [f'## Against {titles[ref]}', '',
+                  '| subset | frames / GT | AP@0.5 | AP@0.75 | mAP@Avg | COCO AP | CDx % | CDy % |',
                   '|---|---|---|---|---|---|---|---|']
         rowsets = [('all', r['all'])] + [(f'{k} = {v}', m) for k, vals in r['by_condition'].items()
-                                         for v, m in vals.items()]
+                                         for v, m in vals.items()] + \
+            [(f'distance {b}', m) for b, m in r.get('by_distance', {}).items()]
         for name, m in rowsets:
-            lines.append(f'| {name} | {m["num_frames"]} | {_fmt(m["AP50"])} | {_fmt(m["AP75"])} | '
+            lines.append(f'| {name} | {m["num_frames"]} / {m["num_gt"]} | {_fmt(m["AP50"])} | {_fmt(m["AP75"])} | '
                          f'{_fmt(m["mAP_avg"])} | {_fmt(m["coco_AP"])} | {_fmt(m["CDx"])} | {_fmt(m["CDy"])} |')
         lines.append('')
     # PR curves
@@ -176,8 +207,8 @@ def _cd_histogram(ds, rows, preds, path: Path) -> None:
     w, h = ds.index['image_size']
     dx, dy = [], []
     for r, p in zip(rows, preds):
-        gt = ds.ground_truth(int(r)) if ds.has_ground_truth else None
-        g = np.asarray(gt['boxes'] if gt is not None else ds.labels(int(r))[0], np.float64).reshape(-1, 4)
+        g = reference_frame(truth_frames(ds, [r])[0])['boxes'] if ds.has_ground_truth else \
+            np.asarray(ds.labels(int(r))[0], np.float64).reshape(-1, 4)
         pb = np.asarray(p['boxes'], np.float64).reshape(-1, 4)
         m = match_frame(pb, np.asarray(p['scores']), g, 0.5)
         ok = m >= 0

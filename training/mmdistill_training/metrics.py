@@ -33,6 +33,37 @@ Conventions
   under that name (mean absolute difference of box *widths* / *heights* of the
   matched pairs, in percent of image width / height); they exist only for
   comparison with published numbers. NaN when nothing is matched.
+* Ignore regions: a ground-truth frame may carry ``'ignore': (K, 4)`` boxes (vehicles that are
+  neither to be found nor false: see *the evaluation rule* below). They are not counted as
+  ground truth; a detection that matches no counted box at the AP threshold but overlaps an
+  ignore box at IoU >= :data:`IGNORE_IOU` is dropped from the ranking (neither TP nor FP), the
+  standard treatment of KITTI's DontCare and COCO's crowd regions.
+
+The evaluation rule (DESIGN §8; one rule for ``evaluate``, ``replay-eval``, ``teachers
+evaluate`` and the demo: :func:`evaluate_truth`)
+-------------------------------------------------------------------------------------------
+A truth frame is ``{'boxes': (N, 4)}`` plus, where the source knows them (the simulator's
+``/sim/truth``), per vehicle ``'visible'`` (N,) -- the largest visible fraction over the
+cameras --, ``'audible'`` (N,) bool -- the simulator's physical flag: engine on and received
+level above the non-vehicle noise at the array -- and ``'distance'`` (N,) metres from the array.
+
+* **Headline ground truth** (``ground_truth``): vehicles seen by at least one camera (visible
+  fraction >= :data:`MIN_VISIBLE_FRACTION`), with a box at least :data:`MIN_GT_HEIGHT_PX` tall,
+  that are audible. Why: the product is an *audio* detector of vehicles in the camera frame; a
+  silent parked car, or one no camera can confirm, is not a miss of it.
+* **All visible** (``ground_truth_all_visible``): the same without the audible condition (the
+  second reference: what a camera would be asked to find).
+* Every other box of the frame becomes an **ignore region** of that reference, so a detection
+  of a real but silent (or tiny, or hidden) vehicle is neither rewarded nor a false positive.
+* **By distance** (``by_distance``): AP per bucket of :data:`DISTANCE_BUCKETS`; in bucket b the
+  reference's boxes outside b are ignore regions too, so a detection of a vehicle at 40 m is
+  not a false positive of the 0-15 m bucket.
+* **Prior check** (``ground_truth_shuffled``): the same predictions against the headline ground
+  truth of other frames (:func:`shuffle_permutation`); a model whose AP barely drops there has
+  learned the scene (where cars usually are), not the sound.
+* A source without the fields (a camera bag with only a ``Detection2DArray`` truth topic) gives
+  every box at least :data:`MIN_GT_HEIGHT_PX` tall as ground truth and no distance buckets;
+  ``truth_fields`` in the result says which fields were known.
 """
 from __future__ import annotations
 
@@ -48,6 +79,8 @@ __all__ = [
     'VOC_AVG_IOUS', 'COCO_IOUS', 'COCO_RECALL_THRESHOLDS',
     'match_frame', 'voc_ap', 'coco_ap', 'detection_ap', 'centre_distance',
     'evaluate_detections', 'mot_metrics', 'evaluate_by_condition', 'MIN_GT_HEIGHT_PX', 'truth_mask',
+    'MIN_VISIBLE_FRACTION', 'IGNORE_IOU', 'DISTANCE_BUCKETS', 'TRUTH_REFERENCES', 'truth_sets', 'reference_frame',
+    'shuffle_permutation', 'drop_ignored', 'evaluate_truth', 'truth_fields',
 ]
 
 #: Ground-truth boxes lower than this are left out of every "against ground truth" score (the
@@ -60,6 +93,18 @@ def truth_mask(boxes, min_height: float = MIN_GT_HEIGHT_PX) -> np.ndarray:
     """bool (N,): ground-truth boxes at least ``min_height`` pixels tall."""
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     return (b[:, 3] - b[:, 1]) >= min_height
+
+
+#: A vehicle counts as seen by a camera when at least this fraction of its box is visible to it
+#: (the teachers' reports used the same value: below it a vehicle is fully behind an occluder).
+MIN_VISIBLE_FRACTION = 0.1
+#: An unmatched detection overlapping an ignore region at least this much is not a false positive.
+IGNORE_IOU = 0.5
+#: Distance buckets of the ground truth: (name, lower bound inclusive, upper bound exclusive), metres.
+DISTANCE_BUCKETS: Tuple[Tuple[str, float, float], ...] = (
+    ('0-15m', 0.0, 15.0), ('15-30m', 15.0, 30.0), ('30-50m', 30.0, 50.0), ('>50m', 50.0, math.inf))
+#: The names of the two ground-truth references (and of the prior check against the first).
+TRUTH_REFERENCES = ('ground_truth', 'ground_truth_all_visible')
 
 #: IoU thresholds of ``mAP_avg``: 0.50:0.05:0.90 (the reference implementation's range).
 VOC_AVG_IOUS = np.linspace(0.5, 0.9, 9)
@@ -100,7 +145,7 @@ def _pred_frame(frame: Mapping, i: int) -> Tuple[np.ndarray, np.ndarray, Optiona
     return b, s, labels
 
 
-def _gt_frame(frame: Mapping, i: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def _gt_frame(frame: Mapping, i: int) -> Tuple[np.ndarray, Optional[np.ndarray], np.ndarray]:
     if not isinstance(frame, Mapping):
         raise ValueError(f'ground-truth frame {i} must be a mapping with boxes, got {type(frame).__name__}')
     b = _check_boxes(frame.get('boxes', ()), f'ground-truth frame {i}')
@@ -109,7 +154,8 @@ def _gt_frame(frame: Mapping, i: int) -> Tuple[np.ndarray, Optional[np.ndarray]]
         labels = np.asarray(labels).reshape(-1)
         if len(labels) != len(b):
             raise ValueError(f'ground-truth frame {i}: {len(b)} boxes but {len(labels)} labels')
-    return b, labels
+    ignore = _check_boxes(frame.get('ignore', ()), f'ignore regions of ground-truth frame {i}')
+    return b, labels, ignore
 
 
 def _frames(predictions: Sequence[Mapping], ground_truths: Sequence[Mapping]):
@@ -146,11 +192,16 @@ def match_frame(pred_boxes, pred_scores, gt_boxes, iou_threshold: float = 0.5) -
 
 
 def _ranked_tp(preds, gts, iou_threshold: float) -> Tuple[np.ndarray, np.ndarray]:
-    """TP flags and scores of all detections, ranked like pycocotools."""
+    """TP flags and scores of all detections, ranked like pycocotools; unmatched detections on an
+    ignore region are left out."""
     tps, scores = [], []
-    for (pb, ps, _), (gb, _) in zip(preds, gts):
+    for (pb, ps, _), (gb, _, ig) in zip(preds, gts):
         order = np.argsort(-ps, kind='mergesort')
         m = match_frame(pb, ps, gb, iou_threshold)
+        keep = np.ones(len(pb), dtype=bool)
+        if len(ig) and len(pb):
+            keep = (m >= 0) | (iou_matrix(pb, ig).max(axis=1) < IGNORE_IOU)
+        order = order[keep[order]]
         tps.append(m[order] >= 0)
         scores.append(ps[order])
     tp = np.concatenate(tps) if tps else np.zeros(0, dtype=bool)
@@ -240,9 +291,9 @@ def detection_ap(predictions: Sequence[Mapping], ground_truths: Sequence[Mapping
                 keep = np.array([str(x) == c for x in lab], dtype=bool)
                 cp.append((b[keep], s[keep], None))
             cg = []
-            for b, lab in gts:
+            for b, lab, ig in gts:
                 keep = np.array([str(x) == c for x in lab], dtype=bool)
-                cg.append((b[keep], None))
+                cg.append((b[keep], None, ig))
             out['per_class'][c] = _ap_block(cp, cg, False)
         keys = ('AP50', 'AP75', 'mAP_avg', 'coco_AP', 'coco_AP50', 'coco_AP75')
         with_gt = [v for v in out['per_class'].values() if v['num_gt'] > 0]
@@ -270,7 +321,7 @@ def centre_distance(predictions: Sequence[Mapping], ground_truths: Sequence[Mapp
         raise ValueError(f'image_size must be positive finite (width, height), got {image_size}')
     preds, gts = _frames(predictions, ground_truths)
     dp, dg = [], []
-    for (pb, ps, _), (gb, _) in zip(preds, gts):
+    for (pb, ps, _), (gb, _, _) in zip(preds, gts):
         keep = ps >= score_threshold
         pb, ps = pb[keep], ps[keep]
         m = match_frame(pb, ps, gb, iou_threshold)
@@ -411,4 +462,133 @@ def evaluate_by_condition(predictions: Sequence[Mapping], ground_truths: Sequenc
             if k in c:
                 groups[str(c[k])].append(i)
         out['by_condition'][str(k)] = {v: run(idx) for v, idx in sorted(groups.items())}
+    return out
+
+
+# ----------------------------------------------------------------------------- the evaluation rule
+
+_TRUTH_FIELDS = ('visible', 'audible', 'distance')
+
+
+def _field(frame: Mapping, name: str, n: int, dtype) -> Optional[np.ndarray]:
+    v = frame.get(name)
+    if v is None:
+        return None
+    a = np.asarray(v, dtype=dtype)
+    if name == 'visible' and a.ndim == 2:          # (N, cameras): the best camera counts
+        a = a.max(axis=1) if a.shape[1] else np.zeros(len(a), dtype)
+    a = a.reshape(-1)
+    if len(a) != n:
+        raise ValueError(f'truth field {name!r} has {len(a)} values for {n} boxes')
+    return a
+
+
+def truth_fields(truths: Sequence[Mapping]) -> List[str]:
+    """The fields of the rule (``visible``, ``audible``, ``distance``) that every frame carries."""
+    return [k for k in _TRUTH_FIELDS if truths and all(t.get(k) is not None for t in truths)]
+
+
+def truth_sets(frame: Mapping) -> Dict[str, np.ndarray]:
+    """bool masks over the frame's boxes: ``ground_truth`` (headline) and
+    ``ground_truth_all_visible`` (see the module docstring). A missing field is taken as
+    satisfied (visible, audible)."""
+    b = as_boxes(frame.get('boxes', ()))
+    n = len(b)
+    tall = truth_mask(b)
+    vis = _field(frame, 'visible', n, np.float64)
+    aud = _field(frame, 'audible', n, bool)
+    seen = tall if vis is None else tall & (vis >= MIN_VISIBLE_FRACTION)
+    return {'ground_truth': seen if aud is None else seen & aud, 'ground_truth_all_visible': seen}
+
+
+def reference_frame(frame: Mapping, reference: str = 'ground_truth',
+                    bucket: Optional[Tuple[float, float]] = None) -> Dict[str, np.ndarray]:
+    """``{'boxes', 'ignore'}`` of one truth frame under the rule: the reference's boxes (within
+    ``bucket`` = (lo, hi) metres when given) to be found, every other box an ignore region."""
+    if reference not in TRUTH_REFERENCES:
+        raise ValueError(f'reference must be one of {TRUTH_REFERENCES}, got {reference!r}')
+    b = as_boxes(frame.get('boxes', ()))
+    keep = truth_sets(frame)[reference]
+    if bucket is not None:
+        d = _field(frame, 'distance', len(b), np.float64)
+        if d is None:
+            raise ValueError('distance buckets need the truth field "distance"')
+        keep = keep & (d >= bucket[0]) & (d < bucket[1])
+    return {'boxes': b[keep], 'ignore': b[~keep]}
+
+
+def shuffle_permutation(n: int, drives: Optional[Sequence[Hashable]] = None) -> np.ndarray:
+    """Deterministic pairing of each frame with another frame's ground truth (the prior check).
+
+    Frames are put in (drive, input) order and frame k of that order gets the truth of frame
+    k + n // 2 (mod n): another drive whenever no drive holds half of the frames, otherwise the
+    same drive half its length away in time. Returns ``perm`` with truth ``perm[i]`` for frame i.
+    """
+    if n <= 1:
+        return np.arange(n)
+    if drives is None:
+        order = np.arange(n)
+    else:
+        if len(drives) != n:
+            raise ValueError(f'{len(drives)} drive names for {n} frames')
+        keys = {d: k for k, d in enumerate(sorted(set(map(str, drives))))}
+        order = np.argsort(np.array([keys[str(d)] for d in drives]), kind='mergesort')
+    perm = np.empty(n, np.int64)
+    perm[order] = order[(np.arange(n) + n // 2) % n]
+    return perm
+
+
+def drop_ignored(frame: Mapping, reference: Mapping, iou_threshold: float = 0.5) -> Dict[str, Any]:
+    """A prediction/track frame without its boxes that match none of ``reference['boxes']`` at
+    ``iou_threshold`` but lie on an ignore region (for metrics that know no ignore regions, MOT)."""
+    b = as_boxes(frame.get('boxes', ()))
+    ig = as_boxes(reference.get('ignore', ()))
+    if not len(b) or not len(ig):
+        return dict(frame)
+    s = np.asarray(frame.get('scores', np.ones(len(b))), np.float64).reshape(-1)
+    matched = match_frame(b, s, reference['boxes'], iou_threshold) >= 0
+    keep = matched | (iou_matrix(b, ig).max(axis=1) < IGNORE_IOU)
+    out = dict(frame)
+    for k, v in frame.items():
+        if k in ('boxes', 'scores', 'ids', 'labels') and v is not None and len(v) == len(b):
+            out[k] = np.asarray(v)[keep] if not isinstance(v, list) else [x for x, t in zip(v, keep) if t]
+    return out
+
+
+def evaluate_truth(predictions: Sequence[Mapping], truths: Sequence[Mapping], image_size: Tuple[float, float], *,
+                   conditions: Optional[Sequence[Mapping[str, Hashable]]] = None,
+                   keys: Optional[Sequence[str]] = None, drives: Optional[Sequence[Hashable]] = None,
+                   curves: bool = False) -> Dict[str, Any]:
+    """Predictions against simulator (or any) ground truth under the one evaluation rule.
+
+    ``truths[i]``: the truth frame of prediction frame i (``boxes`` and, where known,
+    ``visible``, ``audible``, ``distance``). ``conditions`` / ``keys``: as
+    :func:`evaluate_by_condition`. ``drives``: drive of each frame, for the prior check's pairing.
+
+    Returns ``{'ground_truth': {'all', 'by_condition', 'by_distance'},
+    'ground_truth_all_visible': {same}, 'ground_truth_shuffled': {'all'}, 'truth_fields': [...]}``
+    where every leaf is an :func:`evaluate_detections` dict (``curves`` adds PR curves to the
+    headline ``all``) and ``by_distance`` is keyed by :data:`DISTANCE_BUCKETS` names (empty
+    without distances).
+    """
+    n = len(predictions)
+    if len(truths) != n:
+        raise ValueError(f'{n} prediction frames but {len(truths)} truth frames')
+    conds = list(conditions) if conditions is not None else [{} for _ in range(n)]
+    fields = truth_fields(truths)
+    out: Dict[str, Any] = {'truth_fields': fields}
+    for ref in TRUTH_REFERENCES:
+        frames = [reference_frame(t, ref) for t in truths]
+        res = evaluate_by_condition(predictions, frames, conds, image_size, keys=keys)
+        if curves and ref == 'ground_truth':
+            res['all']['curves'] = detection_ap(predictions, frames, per_class=False, return_curves=True)['curves']
+        res['by_distance'] = {}
+        if 'distance' in fields:
+            for name, lo, hi in DISTANCE_BUCKETS:
+                res['by_distance'][name] = evaluate_detections(
+                    predictions, [reference_frame(t, ref, (lo, hi)) for t in truths], image_size, per_class=False)
+        out[ref] = res
+    perm = shuffle_permutation(n, drives)
+    shuffled = [reference_frame(truths[int(j)], 'ground_truth') for j in perm]
+    out['ground_truth_shuffled'] = {'all': evaluate_detections(predictions, shuffled, image_size, per_class=False)}
     return out
