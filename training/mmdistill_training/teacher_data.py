@@ -58,6 +58,9 @@ class TeacherFrame:
     ``boxes`` float64 (N, 4) xyxy pixels of the RGB image (amodal, as ``/sim/truth``);
     ``visible`` modality -> (N,) visible fraction in [0, 1]; ``occluded`` bool (N,);
     ``tags``: ``scenario, time_of_day, weather, ego_motion`` and ``occluded`` (any box occluded).
+    ``audible`` bool (N,), ``distance`` (N,) metres and ``engine_on`` bool (N,): the simulator's
+    per-vehicle truth for the evaluation rule (:func:`mmdistill_training.metrics.evaluate_truth`);
+    None where the source does not know them (a camera bag with boxes only).
     """
     drive: str
     stamp_ns: int
@@ -68,6 +71,9 @@ class TeacherFrame:
     visible: Dict[str, np.ndarray]
     occluded: np.ndarray
     tags: Dict[str, object]
+    audible: Optional[np.ndarray] = None
+    distance: Optional[np.ndarray] = None
+    engine_on: Optional[np.ndarray] = None
 
     def target_boxes(self, modality: str, min_visible: float = 0.0) -> np.ndarray:
         """Ground-truth boxes that ``modality`` can see (visible fraction >= ``min_visible``).
@@ -224,7 +230,11 @@ def read_bag_frames(path: Union[str, Path], modalities: Sequence[str] = MODALITI
         boxes, ids, classes, visible, occluded = _truth_arrays(truth)
         tags = {'scenario': truth.scenario, 'time_of_day': truth.time_of_day, 'weather': truth.weather,
                 'ego_motion': truth.ego_motion, 'occluded': bool(occluded.any())}
-        out.frames.append(TeacherFrame(drive, stamp, ims, boxes, ids, classes, visible, occluded, tags))
+        vs = truth.vehicles
+        out.frames.append(TeacherFrame(drive, stamp, ims, boxes, ids, classes, visible, occluded, tags,
+                                       audible=np.array([v.audible for v in vs], bool),
+                                       distance=np.array([v.distance_m for v in vs], np.float32).astype(np.float64),
+                                       engine_on=np.array([v.engine_on for v in vs], bool)))
     t0 = out.frames[0].tags
     out.drives[drive] = {'bag': str(path), 'frames': len(out.frames),
                          **{k: t0[k] for k in ('scenario', 'time_of_day', 'weather', 'ego_motion')}}
@@ -267,7 +277,10 @@ def simulator_frames(sim, modalities: Sequence[str] = MODALITIES, frame_stride: 
         tags = {'scenario': sc.name, 'time_of_day': sc.time_of_day, 'weather': sc.weather,
                 'ego_motion': sc.ego.mode, 'occluded': bool(occluded.any())}
         out.frames.append(TeacherFrame(drive, f.stamp_ns, {m: getattr(f, m) for m in modalities}, boxes,
-                                       np.asarray(gt.ids, np.int64), list(gt.classes), visible, occluded, tags))
+                                       np.asarray(gt.ids, np.int64), list(gt.classes), visible, occluded, tags,
+                                       audible=np.asarray(gt.audible, bool),
+                                       distance=np.asarray(gt.distance_m, np.float32).astype(np.float64),
+                                       engine_on=np.asarray(gt.engine_on, bool)))
     if not out.frames:
         raise InputError(f'simulation {drive} has no frames')
     out.drives[drive] = {'bag': None, 'frames': len(out.frames), 'scenario': sc.name,
