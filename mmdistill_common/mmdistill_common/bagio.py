@@ -5,10 +5,20 @@ Messages are rclpy message objects, (de)serialised to CDR with
 publisher sends. ``rosbags`` needs the message definitions to describe each
 topic; the project's and the compat interface types are registered from the
 ``.msg`` files installed in each package's share directory.
+
+Crash safety: ``rosbags`` writes ``metadata.yaml`` (and the MCAP summary) only on
+``close()``, keeps up to 1 MiB of MCAP messages in memory and commits sqlite3 only on
+close, so a killed writer used to leave nothing readable. :class:`BagWriter` therefore
+closes the MCAP chunk (or commits the sqlite3 transaction) at least every
+``flush_period_s`` and hands it to the disk (``fsync``), so a SIGKILL or a power loss costs
+at most the last chunk; ``mmdistill bag recover`` (:mod:`.bag_recovery`) turns what is on
+disk into a complete bag again.
 """
 from __future__ import annotations
 
 import importlib
+import os
+import time
 from pathlib import Path
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -19,6 +29,9 @@ from rosbags.typesys import Stores, get_typestore, get_types_from_msg
 
 from .errors import InputError
 
+METADATA_FILE = 'metadata.yaml'
+STORAGE_SUFFIXES = {'.mcap': 'mcap', '.db3': 'sqlite3'}
+FLUSH_PERIOD_S = 1.0
 # interface packages not in the rosbags Kilted store, registered from their .msg files
 EXTRA_INTERFACE_PACKAGES = ('vision_msgs', 'audio_common_msgs', 'mmdistill_msgs')
 STORAGE = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
@@ -68,19 +81,30 @@ class BagWriter:
     """Write rclpy messages to a new rosbag2 bag; use as a context manager.
 
     The bag is complete (readable, with metadata) once ``close()`` ran, which the
-    context manager guarantees also on exceptions and KeyboardInterrupt.
+    context manager guarantees also on exceptions and KeyboardInterrupt. Before that, what
+    was flushed (every ``flush_period_s`` of wall time, and every 1 MiB MCAP chunk) is on
+    disk and ``mmdistill bag recover`` restores it; ``fsync=False`` trades power-loss safety
+    for speed (a killed process still loses only the unflushed chunk).
     """
 
-    def __init__(self, path, storage: str = 'mcap') -> None:
+    def __init__(self, path, storage: str = 'mcap', flush_period_s: float = FLUSH_PERIOD_S,
+                 fsync: bool = True) -> None:
         if storage not in STORAGE:
             raise InputError(f'unknown bag storage {storage!r} (choose from {", ".join(STORAGE)})')
         self.path = Path(path)
         if self.path.exists():
             raise InputError(f'bag {self.path} already exists; choose a new path')
+        self.storage = storage
+        self.flush_period_s = flush_period_s
+        self._fsync = fsync
         self._writer = Writer(self.path, version=9, storage_plugin=STORAGE[storage])
         self._writer.open()
         self._connections: Dict[str, object] = {}
         self.counts: Dict[str, int] = {}
+        self.bytes_written = 0          # serialized message bytes (for size-based splitting)
+        self.flushes = 0
+        self._chunks_closed = 0
+        self._last_flush = time.monotonic()
 
     def add_topic(self, topic: str, msgtype: str, transient_local: bool = False) -> None:
         if topic in self._connections:
@@ -98,6 +122,36 @@ class BagWriter:
     def write_cdr(self, topic: str, data: bytes, stamp_ns: int) -> None:
         self._writer.write(self._connections[topic], int(stamp_ns), data)
         self.counts[topic] += 1
+        self.bytes_written += len(data)
+        self.flush_if_due()
+
+    def flush_if_due(self) -> None:
+        """Flush when rosbags closed a chunk by size or ``flush_period_s`` passed (cheap to call
+        often; a recorder also calls it from a timer so that a quiet stream is flushed too)."""
+        storage = self._writer.storage if self._writer is not None else None
+        if storage is None:
+            return
+        chunk_closed = self.storage == 'mcap' and len(storage.chunks) != self._chunks_closed
+        if chunk_closed or time.monotonic() - self._last_flush >= self.flush_period_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Put every message written so far on disk: close the MCAP chunk / commit sqlite3."""
+        storage = self._writer.storage if self._writer is not None else None
+        if storage is None:
+            return
+        # rosbags has no public flush; these are its storage writers' own members
+        if self.storage == 'mcap':
+            if storage.chunk.bio.tell():
+                storage.close_chunk()
+            self._chunks_closed = len(storage.chunks)
+            storage.bio.flush()
+            if self._fsync:
+                os.fsync(storage.bio.fileno())
+        else:
+            storage.conn.commit()       # sqlite3 (rollback journal, synchronous=FULL): durable
+        self._last_flush = time.monotonic()
+        self.flushes += 1
 
     def close(self) -> None:
         if self._writer is not None:
@@ -109,6 +163,11 @@ class BagWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def storage_files(path: Path) -> List[Path]:
+    """The storage files (``*.mcap``, ``*.db3``) directly in bag directory ``path``."""
+    return sorted(f for f in path.iterdir() if f.suffix in STORAGE_SUFFIXES and f.is_file())
 
 
 class BagMessage(NamedTuple):
@@ -125,6 +184,9 @@ class BagReader:
         self.path = Path(path)
         if not self.path.exists():
             raise InputError(f'bag {self.path} does not exist')
+        if self.path.is_dir() and not (self.path / METADATA_FILE).exists() and storage_files(self.path):
+            raise InputError(f'incomplete bag {self.path} (no {METADATA_FILE}: its writer was killed '
+                             f'before closing it): run mmdistill bag recover {self.path}')
         try:
             self._reader = Reader(self.path)
             self._reader.open()

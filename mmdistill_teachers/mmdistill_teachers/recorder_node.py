@@ -9,12 +9,17 @@ Messages are taken as serialized CDR (``raw=True``) and written unchanged: nothi
 decoded or re-encoded on the way. The log time is the message's header stamp by default
 (``log_time=header``; the same as offline labelling, independent of transport delays) or
 the receive time. The bag is closed, and so readable, on shutdown, on SIGINT/SIGTERM and
-on any error.
+on any error. A SIGKILL or power loss costs at most the last ``flush_period`` s (the bag is flushed
+and fsync'ed that often; ``mmdistill bag recover`` restores the rest), and with ``max_bag_duration``
+/ ``max_bag_size`` the recording is split into complete bags ``{output}_0``, ``{output}_1``, ...
+(like ``ros2 bag record --max-bag-duration/--max-bag-size``), each starting with the last
+transient-local messages (``audio_info``) so that every split stands alone.
 """
 from __future__ import annotations
 
 import struct
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -41,6 +46,13 @@ PARAMS = [
           'chunks, which become gaps in the recording.', choices=('reliable', 'best_effort'), read_only=True),
     Param('reliability', 'reliable', 'QoS reliability of every other stream subscription.',
           choices=('reliable', 'best_effort'), read_only=True),
+    Param('flush_period', 1.0, 'Seconds between flushes of the bag to disk (MCAP chunk closed and fsync\'ed, '
+          'sqlite3 committed): what a SIGKILL or power loss can cost at most.', min=0.05, max=600.0,
+          read_only=True),
+    Param('max_bag_duration', 0.0, 'Split the recording into a new bag after this many seconds (0: never); '
+          'the bags are {output}_0, {output}_1, ...', min=0.0, max=1e6, read_only=True),
+    Param('max_bag_size', 0, 'Split the recording into a new bag after this many bytes of messages '
+          '(0: never).', min=0, max=2**62, read_only=True),
 ]
 
 # messages whose serialized form starts with std_msgs/Header (stamp first) -> header log time
@@ -81,14 +93,17 @@ class RecorderNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__('recorder_node', **kwargs)
         self.p = declare_parameters(self, PARAMS)
-        import time
         path = self.p['output'].replace('{stamp}', time.strftime('%Y%m%d-%H%M%S'))
         self.path = Path(path).expanduser()
-        self.bag: Optional[BagWriter] = BagWriter(self.path, storage=self.p['storage'])
+        self._split = self.p['max_bag_duration'] > 0 or self.p['max_bag_size'] > 0
+        self.paths: List[Path] = []          # every bag written, in order
         self.counts: Dict[str, int] = {}
         self.topics = recorded_topics(self.p)
+        self._latched_topics = {t for t, _, latched in self.topics if latched}
+        self._latched: Dict[str, Tuple[bytes, int]] = {}    # last transient-local message per topic
+        self.bag: Optional[BagWriter] = None
+        self._open_bag()
         for topic, msgtype, latched in self.topics:
-            self.bag.add_topic(topic, msgtype, transient_local=latched)
             if latched:
                 qos = latched_qos()
             else:
@@ -99,7 +114,41 @@ class RecorderNode(Node):
                                      lambda data, t=topic, k=msgtype: self._write(t, k, data),
                                      qos, raw=True, event_callbacks=sub_events)
             self.counts[topic] = 0
-        self.get_logger().info(f'recording {len(self.topics)} topics into {self.path}')
+        # a quiet stream is flushed too
+        self.create_timer(min(self.p['flush_period'], 0.5), self._on_timer)
+        self.get_logger().info(f'recording {len(self.topics)} topics into {self.bag.path}' +
+                               (' (split by duration / size)' if self._split else ''))
+
+    def _open_bag(self) -> None:
+        """Open the next bag (the only one, or the next split) with the recorded topics and the
+        last transient-local messages."""
+        path = Path(f'{self.path}_{len(self.paths)}') if self._split else self.path
+        self.bag = BagWriter(path, storage=self.p['storage'], flush_period_s=self.p['flush_period'])
+        self.paths.append(path)
+        self._opened = time.monotonic()
+        for topic, msgtype, latched in self.topics:
+            self.bag.add_topic(topic, msgtype, transient_local=latched)
+        for topic, (data, stamp) in self._latched.items():
+            self.bag.write_cdr(topic, data, stamp)
+
+    def _split_due(self) -> bool:
+        p = self.p
+        return self._split and (
+            (p['max_bag_duration'] > 0 and time.monotonic() - self._opened >= p['max_bag_duration']) or
+            (p['max_bag_size'] > 0 and self.bag.bytes_written >= p['max_bag_size']))
+
+    def _on_timer(self) -> None:
+        if self.bag is None:
+            return
+        if self._split_due():
+            self._next_split()
+        else:
+            self.bag.flush_if_due()
+
+    def _next_split(self) -> None:
+        self.bag.close()
+        self.get_logger().info(f'closed {self.bag.path} ({sum(self.bag.counts.values())} messages)')
+        self._open_bag()
 
     def _write(self, topic: str, msgtype: str, data: bytes) -> None:
         if self.bag is None:
@@ -109,15 +158,19 @@ class RecorderNode(Node):
             stamp = cdr_header_stamp_ns(data)
         if stamp is None:
             stamp = self.get_clock().now().nanoseconds
+        if self._split_due():
+            self._next_split()
         self.bag.write_cdr(topic, data, stamp)
         self.counts[topic] += 1
+        if topic in self._latched_topics:
+            self._latched[topic] = (bytes(data), stamp)
 
     def close(self) -> None:
         """Finish the bag (idempotent); it is readable afterwards."""
         if self.bag is not None:
             bag, self.bag = self.bag, None
             bag.close()
-            self.get_logger().info(f'closed {self.path}: ' +
+            self.get_logger().info(f'closed {", ".join(map(str, self.paths))}: ' +
                                    ', '.join(f'{t} {n}' for t, n in self.counts.items() if n))
 
     def destroy_node(self) -> None:

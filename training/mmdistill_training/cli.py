@@ -39,6 +39,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
               'run the RGB, depth and thermal teachers and the fusion over a bag -> labelled bag'),
     'export': ('mmdistill_training.commands.export',
                'export a student checkpoint to ONNX (+ JSON metadata) for ONNX Runtime'),
+    'bag': ('mmdistill_training.commands.bag',
+            'recover a bag left incomplete by a killed recorder (mmdistill bag recover BAG)'),
 }
 
 
