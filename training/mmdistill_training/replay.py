@@ -196,23 +196,37 @@ def _dets_frame(msg) -> dict:
     return {'boxes': d.boxes, 'scores': d.scores, 'ids': list(d.ids), 'labels': list(d.labels)}
 
 
+def sim_truth_frame(msg) -> dict:
+    """A ``/sim/truth`` message as a truth frame of the evaluation rule (boxes, ids as strings,
+    per-camera ``visible`` fractions, ``audible``, ``distance``; see
+    :func:`mmdistill_training.metrics.evaluate_truth`)."""
+    import numpy as np
+    from vision_msgs.msg import Detection2D, Detection2DArray
+    vs = list(msg.vehicles)
+    f = _dets_frame(Detection2DArray(header=msg.header, detections=[Detection2D(bbox=v.bbox, id=str(v.id))
+                                                                     for v in vs]))
+    f['visible'] = np.array([[v.visible_rgb, v.visible_depth, v.visible_thermal] for v in vs],
+                            np.float64).reshape(len(vs), 3)
+    f['audible'] = np.array([v.audible for v in vs], bool)
+    f['distance'] = np.array([v.distance_m for v in vs], np.float64)
+    return f
+
+
 def load_references(bag) -> Dict[str, Frames]:
-    """Reference frames of a bag, by name: ``ground_truth`` (``/sim/ground_truth``, ids = vehicle
-    ids; else ``/sim/truth``) and ``pseudo_labels`` (``/pseudo_labels``), where present."""
+    """Reference frames of a bag, by name: ``ground_truth`` (``/sim/truth``, with the fields of the
+    evaluation rule; else ``/sim/ground_truth`` boxes only; ids = vehicle ids) and
+    ``pseudo_labels`` (``/pseudo_labels``), where present."""
     from mmdistill_common.conversions import stamp_to_ns
     refs: Dict[str, Frames] = {}
     with BagReader(bag) as r:
         have = r.topics
-        gt_topic = T.GROUND_TRUTH if T.GROUND_TRUTH in have else (T.SIM_TRUTH if T.SIM_TRUTH in have else None)
+        gt_topic = T.SIM_TRUTH if T.SIM_TRUTH in have else (T.GROUND_TRUTH if T.GROUND_TRUTH in have else None)
         wanted = [t for t in (gt_topic, T.PSEUDO_LABELS) if t]
         for m in r.messages(wanted):
             if m.topic == T.GROUND_TRUTH:
                 refs.setdefault('ground_truth', []).append((stamp_to_ns(m.msg.header.stamp), _dets_frame(m.msg)))
             elif m.topic == T.SIM_TRUTH:
-                from vision_msgs.msg import Detection2D, Detection2DArray
-                arr = Detection2DArray(header=m.msg.header, detections=[
-                    Detection2D(bbox=v.bbox, id=str(v.id)) for v in m.msg.vehicles])
-                refs.setdefault('ground_truth', []).append((stamp_to_ns(m.msg.header.stamp), _dets_frame(arr)))
+                refs.setdefault('ground_truth', []).append((stamp_to_ns(m.msg.header.stamp), sim_truth_frame(m.msg)))
             else:
                 refs.setdefault('pseudo_labels', []).append(
                     (stamp_to_ns(m.msg.header.stamp), _dets_frame(m.msg.detections)))
@@ -270,38 +284,44 @@ def _clean(obj):
     return obj
 
 
-def _tall(frame: dict) -> dict:
-    """Ground truth without the boxes below ``metrics.MIN_GT_HEIGHT_PX``."""
-    from .metrics import truth_mask
-    keep = truth_mask(frame['boxes'])
-    return {**frame, 'boxes': frame['boxes'][keep], 'ids': [i for i, k in zip(frame['ids'], keep) if k],
-            'labels': [x for x, k in zip(frame.get('labels', []), keep) if k]}
-
-
 def score(detections: Frames, tracks: Optional[Frames], references: Dict[str, Frames],
           image_size: Tuple[int, int], tolerance_ns: Optional[int] = None) -> dict:
-    """Detection metrics against every reference, MOT metrics against references with ids."""
-    from .metrics import evaluate_detections, mot_metrics
+    """Detection metrics against every reference -- the simulator truth under the evaluation rule
+    of :func:`mmdistill_training.metrics.evaluate_truth` (``ground_truth``,
+    ``ground_truth_all_visible``, ``ground_truth_shuffled``), the pseudo-labels as they are -- and
+    MOT metrics against the headline ground truth (its vehicle ids; tracks lying on an ignore
+    region only are left out, as for AP)."""
+    import numpy as np
+
+    from .metrics import drop_ignored, evaluate_detections, evaluate_truth, mot_metrics, reference_frame, truth_sets
     out: dict = {}
     for name, ref in references.items():
         stamps = [s for s, _ in ref]
         idx, preds, cover = align(detections, stamps, tolerance_ns)
-        if name == 'ground_truth':        # the same rule as mmdistill evaluate
-            ref = [(st, _tall(f)) for st, f in ref]
-        gts = [{'boxes': ref[i][1]['boxes']} for i in idx]
-        block = {'coverage': cover,
-                 'detection': evaluate_detections([{'boxes': p['boxes'], 'scores': p['scores']} for p in preds],
-                                                  gts, image_size, per_class=False)}
+        preds = [{'boxes': p['boxes'], 'scores': p['scores']} for p in preds]
+        if name != 'ground_truth':
+            out[name] = {'coverage': cover, 'detection': evaluate_detections(
+                preds, [{'boxes': ref[i][1]['boxes']} for i in idx], image_size, per_class=False)}
+            continue
+        res = evaluate_truth(preds, [ref[i][1] for i in idx], image_size)
+        for key in ('ground_truth', 'ground_truth_all_visible', 'ground_truth_shuffled'):
+            out[key] = {'coverage': cover, 'truth_fields': res['truth_fields'],
+                        'detection': {**res[key]['all'], 'by_distance': res[key].get('by_distance', {})}}
         # only the simulator's ground truth carries identities (pseudo-label ids name the
         # supporting teachers, see mmdistill_teachers.labelling)
-        has_ids = name == 'ground_truth' and bool(ref) and all(all(x != '' for x in f['ids']) for _, f in ref)
+        has_ids = bool(ref) and all(all(x != '' for x in f['ids']) for _, f in ref)
         if tracks is not None and has_ids:
             tidx, tframes, tcover = align(tracks, stamps, tolerance_ns)
-            block['tracking'] = mot_metrics(
-                [{'boxes': ref[i][1]['boxes'], 'ids': ref[i][1]['ids']} for i in tidx],
-                [{'boxes': f['boxes'], 'ids': list(f.get('ids', []))} for f in tframes])
-            block['tracking']['coverage'] = tcover
-        out[name] = block
+            gts, hyps = [], []
+            for i, f in zip(tidx, tframes):
+                t = ref[i][1]
+                keep = truth_sets(t)['ground_truth']
+                gts.append({'boxes': np.asarray(t['boxes']).reshape(-1, 4)[keep],
+                            'ids': [x for x, k in zip(t['ids'], keep) if k]})
+                hyps.append(drop_ignored({'boxes': f['boxes'], 'scores': f.get('scores', np.ones(len(f['boxes']))),
+                                          'ids': list(f.get('ids', []))}, reference_frame(t)))
+            out['ground_truth']['tracking'] = mot_metrics(gts, [{'boxes': h['boxes'], 'ids': h['ids']} for h in hyps])
+            out['ground_truth']['tracking']['coverage'] = tcover
     return out
 
 

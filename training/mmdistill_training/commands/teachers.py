@@ -426,6 +426,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument('--examples', type=int, default=4, help='example PNGs to write (default 4)')
     p.add_argument('--force', action='store_true', help='overwrite teachers already in --out')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
+    from ..teacher_eval import add_arguments as add_evaluate_arguments
+    add_evaluate_arguments(sub.add_parser(
+        'evaluate', help='score teachers and fused labels against a bag\'s ground truth (the evaluation rule)',
+        description='Score each teacher and the fused pseudo-labels against the ground truth of bags with camera '
+                    'images, by condition and distance bucket (mmdistill_training.teacher_eval).'))
 
 
 def _check_out(out: Path, modalities: Sequence[str], force: bool) -> None:
@@ -457,6 +462,9 @@ def _clean(o):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.teachers_command == 'evaluate':
+        from ..teacher_eval import run as evaluate_command
+        return evaluate_command(args)
     if args.teachers_command != 'train':
         raise ConfigError(f'unknown teachers subcommand {args.teachers_command!r}')
     return train_command(args)
