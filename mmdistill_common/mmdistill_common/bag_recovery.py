@@ -129,7 +129,8 @@ def recover_bag(bag) -> RecoveryReport:
         from .bagio import BagReader
         with BagReader(bag) as reader:
             counts = {t: n for t, (_, n) in reader.topics.items()}
-            storage = reader._reader.metadata['storage_identifier']
+        files = storage_files(bag)
+        storage = STORAGE_SUFFIXES[files[0].suffix] if files else 'unknown'
         return RecoveryReport(str(bag), storage, 'complete', counts)
     damaged = _damaged_storage(bag)
     name = damaged.name[:-len(DAMAGED_SUFFIX)] if damaged.name.endswith(DAMAGED_SUFFIX) else damaged.name

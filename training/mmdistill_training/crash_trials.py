@@ -1,0 +1,166 @@
+"""Kill a bag writer with SIGKILL at a random moment, recover the bag and count what survived.
+
+Two writers, as the reliability campaign (``benchmarks/bench_reliability.py``) and the CI test
+(``tests/test_crash_recovery.py``) run them:
+
+* :func:`recorder_trial`: a ``recorder_node`` process records audio that this process publishes
+  over DDS; after a random time it is killed. Every published chunk carries its index in the
+  samples, so the recovered bag is checked message by message: each one decodes, is one that was
+  published, and they are the first ``n`` published (nothing in the middle is lost). Lost =
+  published before the kill − recovered.
+* :func:`sim_trial`: ``mmdistill sim`` is killed; the simulator is deterministic, so the recovered
+  messages must equal the first messages of every topic of a clean run (decoded and compared).
+
+Both recover with :func:`mmdistill_common.bag_recovery.recover_bag` and read the result twice:
+with :class:`~mmdistill_common.bagio.BagReader` and with the independent ``mcap`` reader
+(``mcap.reader.make_reader``, summary and footer included) or plain ``sqlite3``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+from mmdistill_common.bag_recovery import recover_bag
+from mmdistill_common.bagio import BagReader
+
+CHUNK_FRAMES = 1764           # 40 ms at 44.1 kHz
+CHANNELS = 8
+
+
+def independent_count(bag: Path) -> int:
+    """Messages in the bag's storage file counted without rosbags: the ``mcap`` package's seeking
+    reader (needs a valid summary and footer) or sqlite3."""
+    files = sorted(bag.glob('*.mcap')) + sorted(bag.glob('*.db3'))
+    if files[0].suffix == '.mcap':
+        from mcap.reader import make_reader
+        with open(files[0], 'rb') as f:
+            reader = make_reader(f)
+            summary = reader.get_summary()
+            n = sum(1 for _ in reader.iter_messages())
+            assert summary is not None and summary.statistics.message_count == n, 'MCAP summary disagrees'
+            return n
+    con = sqlite3.connect(f'file:{files[0]}?mode=ro', uri=True)
+    try:
+        return int(con.execute('SELECT count(*) FROM messages').fetchone()[0])
+    finally:
+        con.close()
+
+
+def indexed_chunk(k: int) -> np.ndarray:
+    """Audio chunk ``k``: every sample holds ``k`` (mod 2**15) so a recovered chunk names itself."""
+    return np.full((CHUNK_FRAMES, CHANNELS), k % 32768, np.int16)
+
+
+def recorder_trial(executor, out: Path, run_s: float, storage: str = 'mcap', rate_hz: float = 25.0,
+                   flush_period: float = 1.0, start_timeout: float = 60.0) -> dict:
+    """Record published audio with ``recorder_node``, SIGKILL it after ``run_s`` s of publishing,
+    recover, and compare. ``executor`` is a spinning :class:`mmdistill_common.testing.BackgroundExecutor`."""
+    from audio_common_msgs.msg import AudioDataStamped, AudioInfo
+    from rclpy.node import Node
+
+    from mmdistill_common import topics
+    from mmdistill_common.conversions import audio_info, audio_to_msg, msg_to_audio
+    from mmdistill_common.qos import latched_qos, stream_qos
+    from mmdistill_common.testing import start_node, wait_for
+
+    proc = start_node('mmdistill_teachers.recorder_node', f'output:={out}', f'storage:={storage}',
+                      f'flush_period:={flush_period}', 'record_teacher_detections:=false')
+    node = executor.add(Node(f'crash_source_{os.getpid()}_{out.name}'.replace('-', '_')))
+    info_pub = node.create_publisher(AudioInfo, topics.AUDIO_INFO, latched_qos())
+    audio_pub = node.create_publisher(AudioDataStamped, topics.AUDIO, stream_qos())
+    info_pub.publish(audio_info(CHANNELS, 44100))
+    try:
+        if not wait_for(lambda: audio_pub.get_subscription_count() >= 1 and proc.poll() is None,
+                        timeout=start_timeout):
+            raise RuntimeError('recorder_node did not subscribe: ' +
+                               (proc.stderr.read() if proc.poll() is not None else 'timeout'))
+        time.sleep(0.3)                       # the latched audio_info reaches the recorder
+        published = 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < run_s:
+            audio_pub.publish(audio_to_msg(indexed_chunk(published), 1_000_000_000 + published * 40_000_000))
+            published += 1
+            time.sleep(max(0.0, t0 + published / rate_hz - time.monotonic()))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+        executor.executor.remove_node(node)
+        node.destroy_node()
+    report = recover_bag(out)
+    with BagReader(out) as reader:
+        got = [msg_to_audio(m.msg, CHANNELS)[0, 0] for m in reader.messages([topics.AUDIO])]
+        has_info = len(list(reader.messages([topics.AUDIO_INFO]))) == 1
+    ok_prefix = [int(v) for v in got] == list(range(len(got)))
+    return {'writer': 'recorder_node', 'storage': storage, 'run_s': round(run_s, 3), 'published': published,
+            'recovered': len(got), 'lost': published - len(got), 'prefix_intact': ok_prefix,
+            'audio_info_kept': has_info, 'independent_reader_count': independent_count(out),
+            'recovered_total': report.total, 'discarded_bytes': report.discarded_bytes}
+
+
+def sim_trial(out: Path, kill_after_s: float, scenario: str = 'day-static', duration_s: float = 20.0,
+              storage: str = 'mcap', images: bool = True, seed: int = 0) -> Optional[dict]:
+    """SIGKILL ``mmdistill sim`` after ``kill_after_s`` s, recover and compare with a clean run
+    of the same seeded scenario; None when the simulation finished before the kill."""
+    from mmdistill_common.testing import assert_msg_equal
+    cmd = [sys.executable, '-m', 'mmdistill_training.cli', 'sim', '--scenario', scenario, '--out', str(out),
+           '--duration', str(duration_s), '--seed', str(seed), '--storage', storage]
+    if not images:
+        cmd.append('--no-images')
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=kill_after_s)
+        return None
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    if not out.exists() or not any(out.iterdir()):
+        return {'writer': 'mmdistill sim', 'storage': storage, 'kill_after_s': round(kill_after_s, 3),
+                'recovered': 0, 'note': 'killed before the bag was created', 'prefix_intact': True,
+                'independent_reader_count': 0}
+    size = sum(f.stat().st_size for f in out.iterdir())
+    try:
+        report = recover_bag(out)
+    except Exception as exc:       # noqa: BLE001 - reported: a bag killed before its first chunk has nothing
+        return {'writer': 'mmdistill sim', 'storage': storage, 'kill_after_s': round(kill_after_s, 3),
+                'recovered': 0, 'bytes_on_disk': size, 'note': str(exc), 'prefix_intact': True,
+                'independent_reader_count': 0}
+    with BagReader(out) as reader:
+        got: Dict[str, list] = {}
+        for m in reader.messages():
+            got.setdefault(m.topic, []).append(m)
+    # the same drive again, up to the last recovered stamp
+    from mmdistill_sim.messages import messages
+    from mmdistill_sim.scenario import load_scenario
+    from mmdistill_sim.simulator import Simulator
+    sc = dataclasses.replace(load_scenario(scenario, seed=seed), duration_s=duration_s)
+    want = {t: len(v) for t, v in got.items()}
+    seen: Dict[str, int] = {}
+    prefix = True
+    for topic, msg, stamp in messages(Simulator(sc), images=images):
+        k = seen.get(topic, 0)
+        if k < want.get(topic, 0):
+            rec = got[topic][k]
+            try:
+                assert_msg_equal(rec.msg, msg)
+                prefix = prefix and rec.stamp_ns == stamp
+            except AssertionError:
+                prefix = False
+            seen[topic] = k + 1
+        if all(seen.get(t, 0) >= n for t, n in want.items()):
+            break
+    return {'writer': 'mmdistill sim', 'storage': storage, 'kill_after_s': round(kill_after_s, 3),
+            'recovered': report.total, 'bytes_on_disk': size, 'discarded_bytes': report.discarded_bytes,
+            'prefix_intact': prefix and seen == want, 'independent_reader_count': independent_count(out)}
