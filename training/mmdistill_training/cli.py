@@ -41,6 +41,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
                'export a student checkpoint to ONNX (+ JSON metadata) for ONNX Runtime'),
     'bag': ('mmdistill_training.commands.bag',
             'recover a bag left incomplete by a killed recorder (mmdistill bag recover BAG)'),
+    'view': ('mmdistill_training.commands.view',
+             'see the live graph or a bag in Foxglove: WebSocket server (play/pause/seek for bags) or MCAP'),
 }
 
 
