@@ -23,7 +23,8 @@ from mmdistill_common.errors import ConfigError
 from .dataset import DistillDataset
 from .evaluate import evaluate_predictions, headline
 
-__all__ = ['Experiment', 'EXPERIMENTS', 'run_ablation', 'classical_predictions', 'format_table']
+__all__ = ['Experiment', 'EXPERIMENTS', 'run_ablation', 'classical_predictions', 'scene_prior_predictions',
+           'format_table']
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class Experiment:
 
 EXPERIMENTS: List[Experiment] = [
     Experiment('classical-srp', None, False, 'baselines', 'SRP-PHAT (pyroomacoustics) azimuth -> image box'),
+    Experiment('scene-prior', None, False, 'baselines',
+               'the best fixed set of boxes from the training pseudo-labels (k-means, K chosen on val), every frame'),
     Experiment('stereosoundnet', 'stereosoundnet', False, 'baselines',
                'StereoSoundNet-style: 2 mics, log-mel, RGB teacher, ranking loss'),
     Experiment('single-rgb', 'single-rgb', True, 'single teacher', 'RGB teacher boxes + attention'),
@@ -74,9 +77,20 @@ def classical_predictions(ds: DistillDataset, rows: Sequence[int], train_rows: S
     return out
 
 
+def scene_prior_predictions(ds: DistillDataset, rows: Sequence[int]) -> List[dict]:
+    """The scene-prior baseline: boxes fitted on the train split's pseudo-labels, K chosen on val."""
+    from .baselines.scene_prior import ScenePrior
+    prior = ScenePrior.fit([ds.labels(int(r))[0] for r in ds.split_indices('train')],
+                           [ds.labels(int(r))[0] for r in ds.split_indices('val')])
+    return [prior.predict() for _ in rows]
+
+
 def _row(name: str, exp: Experiment, res: dict, extra: dict) -> dict:
     return {'name': name, 'group': exp.group, 'description': exp.description, 'pretext': exp.pretext,
             'ground_truth': headline(res, 'ground_truth'), 'pseudo_labels': headline(res, 'pseudo_labels'),
+            'ground_truth_all_visible': headline(res, 'ground_truth_all_visible'),
+            'ground_truth_shuffled': headline(res, 'ground_truth_shuffled'),
+            'by_distance_gt': {b: m['AP50'] for b, m in res.get('ground_truth', {}).get('by_distance', {}).items()},
             'by_condition_gt': {k: {v: m['AP50'] for v, m in vals.items()}
                                 for k, vals in res.get('ground_truth', {}).get('by_condition', {}).items()},
             **extra}
@@ -116,7 +130,9 @@ def run_ablation(dataset: Path, out: Path, names: Optional[Sequence[str]] = None
             continue
         t0 = time.perf_counter()
         extra: Dict[str, object] = {}
-        if exp.config is None:
+        if exp.name == 'scene-prior':
+            preds = scene_prior_predictions(ds, rows)
+        elif exp.config is None:
             preds = classical_predictions(ds, rows, ds.split_indices('train'), progress=progress)
         else:
             ov = {'optim': {'epochs': epochs}} if epochs else None
@@ -145,12 +161,14 @@ def _f(v: float, pct: bool = False) -> str:
 
 
 def format_table(rows: List[dict]) -> str:
-    """Markdown table: method, then AP@0.5 / mAP@Avg / CDx / CDy against truth and pseudo-labels."""
-    lines = ['| group | method | GT AP@0.5 | GT mAP@Avg | GT CDx % | GT CDy % | PL AP@0.5 | PL mAP@Avg | '
-             'PL CDx % | PL CDy % |', '|---|---|---|---|---|---|---|---|---|---|']
+    """Markdown table: method, then AP@0.5 / mAP@Avg / CDx / CDy against the headline ground truth,
+    AP@0.5 against time-shuffled ground truth (the prior check), then against pseudo-labels."""
+    lines = ['| group | method | GT AP@0.5 | GT mAP@Avg | GT CDx % | GT CDy % | shuffled GT AP@0.5 | PL AP@0.5 | '
+             'PL mAP@Avg | PL CDx % | PL CDy % |', '|---|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         g, p = r['ground_truth'], r['pseudo_labels']
+        sh = r.get('ground_truth_shuffled', {}).get('AP50')
         lines.append(f'| {r["group"]} | {r["name"]} | {_f(g["AP50"])} | {_f(g["mAP_avg"])} | {_f(g["CDx"], 1)} | '
-                     f'{_f(g["CDy"], 1)} | {_f(p["AP50"])} | {_f(p["mAP_avg"])} | {_f(p["CDx"], 1)} | '
+                     f'{_f(g["CDy"], 1)} | {_f(sh)} | {_f(p["AP50"])} | {_f(p["mAP_avg"])} | {_f(p["CDx"], 1)} | '
                      f'{_f(p["CDy"], 1)} |')
     return '\n'.join(lines) + '\n'
