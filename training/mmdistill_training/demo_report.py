@@ -1,4 +1,11 @@
-"""``runs/demo/report.md``: every number the demo produced, read back from the stage outputs."""
+"""``runs/demo/report.md`` and ``runs/demo/summary.json``: every number the demo produced, read
+back from the stage outputs (each computed by the one evaluation rule of
+:func:`mmdistill_training.metrics.evaluate_truth`; nothing is recomputed here).
+
+``summary.json`` has a stable schema (:data:`SUMMARY_SCHEMA_VERSION`, documented in the README,
+"summary.json"): scripts and CI read it instead of parsing the report. A figure whose producer
+did not run (or does not exist yet) is ``null``; NaN is written as ``null``.
+"""
 from __future__ import annotations
 
 import json
@@ -7,7 +14,8 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional
 
-__all__ = ['write_demo_report']
+__all__ = ['write_demo_report', 'write_demo_summary', 'build_summary', 'SUMMARY_SCHEMA_VERSION',
+           'student_summary', 'teacher_summary', 'STAGES']
 
 
 def _f(v, pct: bool = False) -> str:
@@ -51,8 +59,11 @@ def _section(md: str, title_regex: str) -> List[str]:
     return out
 
 
+STAGES = ('simulate', 'teachers', 'label', 'dataset', 'student', 'runtime')
+
+
 def _stage_times(stages) -> List[float]:
-    t = [stages.elapsed(n) for n in ('simulate', 'teachers', 'label', 'dataset', 'student', 'runtime')]
+    t = [stages.elapsed(n) for n in STAGES]
     return [x for x in t if not math.isnan(x)]
 
 
@@ -93,6 +104,12 @@ def write_demo_report(out: Path, plan, quick: bool, drives: List[str], split: Di
                 L.append('')
     else:
         L += ['(not run)', '']
+    evm = _json(out / 'evaluation' / 'metrics.json')
+    if evm and 'ground_truth_shuffled' in evm:
+        L += [f'**Prior check:** the student scores AP@0.5 {_f(evm["ground_truth"]["all"]["AP50"])} against the '
+              f'ground truth and {_f(evm["ground_truth_shuffled"]["all"]["AP50"])} against time-shuffled ground truth '
+              '(the truth of other frames). A small drop means it learned where cars usually are, not what it hears.',
+              '']
     ev = out / 'evaluation' / 'report.md'
     if ev.exists():
         L += ['Full evaluation of the student (every condition, PR curves, centre-distance histograms, '
@@ -131,6 +148,19 @@ def write_demo_report(out: Path, plan, quick: bool, drives: List[str], split: Di
         L += body[:60] + ['']
     else:
         L += ['(not run)', '']
+    tev = _json(out / 'teachers' / 'evaluation.json')
+    if tev:
+        L += [f'Scored like the student, on its test drives ({tev["frames"]} frames, `mmdistill teachers evaluate`, '
+              '[teachers/evaluation/report.md](teachers/evaluation/report.md)): AP@0.5 against the headline '
+              'ground truth, all visible vehicles, time-shuffled ground truth (prior check) and where each '
+              'sensor works.', '',
+              '| method | headline GT | all visible | shuffled GT | where its sensor works |', '|---|---|---|---|---|']
+        for name, r in tev['methods'].items():
+            sw = ((r.get('sensor_working') or {}).get('ground_truth') or {}).get('all', {}).get('AP50')
+            L.append(f'| {name} | {_f(r["ground_truth"]["all"]["AP50"])} | '
+                     f'{_f(r["ground_truth_all_visible"]["all"]["AP50"])} | '
+                     f'{_f(r["ground_truth_shuffled"]["all"]["AP50"])} | {_f(sw) if name != "fused" else ""} |')
+        L.append('')
     label_stats = {d: _last_json(out / 'logs' / f'label-{d}.log') for d in drives}
     ok = {d: s for d, s in label_stats.items() if s}
     if ok:
@@ -160,4 +190,113 @@ def write_demo_report(out: Path, plan, quick: bool, drives: List[str], split: Di
     L += ['```', '']
     path = out / 'report.md'
     path.write_text('\n'.join(L) + '\n')
+    return path
+
+
+# ------------------------------------------------------------------------------------- summary.json
+#: Version of the ``summary.json`` schema: bumped when a key changes meaning or disappears (new keys
+#: may be added without a bump).
+SUMMARY_SCHEMA_VERSION = 1
+
+
+def _num(v) -> Optional[float]:
+    """A JSON number or null (NaN, inf and missing -> null)."""
+    if v is None or isinstance(v, bool):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _get(d: Optional[dict], *path):
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _breakdown(result: Optional[dict]) -> dict:
+    """``by_condition: {key: {value: AP50}}`` and ``by_distance: {bucket: AP50}`` of a headline block."""
+    g = _get(result, 'ground_truth') or {}
+    return {'by_condition': {k: {v: _num(m.get('AP50')) for v, m in vals.items()}
+                             for k, vals in (g.get('by_condition') or {}).items()},
+            'by_distance': {b: _num(m.get('AP50')) for b, m in (g.get('by_distance') or {}).items()}}
+
+
+def teacher_summary(evaluation: Optional[dict], name: str) -> dict:
+    """Summary block of one method of ``mmdistill teachers evaluate``'s JSON (``rgb``, ..., ``fused``)."""
+    r = _get(evaluation, 'methods', name)
+    out = {'gt_ap50': _num(_get(r, 'ground_truth', 'all', 'AP50')),
+           'gt_ap50_all_visible': _num(_get(r, 'ground_truth_all_visible', 'all', 'AP50')),
+           'gt_ap50_shuffled': _num(_get(r, 'ground_truth_shuffled', 'all', 'AP50'))}
+    if name == 'fused':
+        out['gt_ap50_worst_condition'] = _num(_get(r, 'worst_condition', 'AP50'))
+        out['worst_condition'] = _get(r, 'worst_condition', 'condition')
+    else:
+        out['gt_ap50_sensor_working'] = _num(_get(r, 'sensor_working', 'ground_truth', 'all', 'AP50'))
+        out['sensor_working'] = _get(r, 'sensor_working', 'rule')
+    out.update(_breakdown(r))
+    return out
+
+
+def student_summary(evaluation: Optional[dict], checkpoint: Optional[str]) -> dict:
+    """Summary block of the student from ``mmdistill evaluate``'s JSON."""
+    e = evaluation
+    out = {'checkpoint': checkpoint,
+           'gt_ap50': _num(_get(e, 'ground_truth', 'all', 'AP50')),
+           'gt_map_avg': _num(_get(e, 'ground_truth', 'all', 'mAP_avg')),
+           'gt_ap50_all_visible': _num(_get(e, 'ground_truth_all_visible', 'all', 'AP50')),
+           'gt_ap50_shuffled': _num(_get(e, 'ground_truth_shuffled', 'all', 'AP50')),
+           'pl_ap50': _num(_get(e, 'pseudo_labels', 'all', 'AP50')),
+           'pl_map_avg': _num(_get(e, 'pseudo_labels', 'all', 'mAP_avg')),
+           'boxes_per_frame': _num(_get(e, 'boxes_per_frame')),
+           'gt_boxes_per_frame': _num(_get(e, 'gt_boxes_per_frame')),
+           'upper_bound_gt_ap50': None}
+    out.update(_breakdown(e))
+    return out
+
+
+def _baseline(row: Optional[dict]) -> dict:
+    return {'gt_ap50': _num(_get(row, 'ground_truth', 'AP50')),
+            'gt_ap50_shuffled': _num(_get(row, 'ground_truth_shuffled', 'AP50')),
+            'pl_ap50': _num(_get(row, 'pseudo_labels', 'AP50'))}
+
+
+def build_summary(out: Path, quick: bool, split: Dict[str, List[str]], test_drive: str,
+                  stage_seconds: Dict[str, Optional[float]]) -> dict:
+    """The summary dict (schema in the README) from the stage outputs under ``out``."""
+    out = Path(out)
+    tev = _json(out / 'teachers' / 'evaluation.json')
+    ev = _json(out / 'evaluation' / 'metrics.json')
+    rows = {r['name']: r for r in (_json(out / 'ablation' / 'results.json') or {}).get('rows', [])}
+    rep = _json(out / 'runtime' / 'replay.json')
+    gt_rt = _get(rep, 'references', 'ground_truth')
+    return {
+        'schema_version': SUMMARY_SCHEMA_VERSION,
+        'quick': bool(quick),
+        'test_drives': list(split.get('test', [])),
+        'frames': {'student': _get(ev, 'num_frames'), 'teachers': _get(tev, 'frames')},
+        'teachers_dir': str(out / 'teachers'),
+        'teachers': {**{m: teacher_summary(tev, m) for m in ('rgb', 'depth', 'thermal')},
+                     'fused': teacher_summary(tev, 'fused')},
+        'student': student_summary(ev, str(out / 'ablation' / 'ours') if ev else None),
+        'baselines': {'classical': _baseline(rows.get('classical-srp')),
+                      'scene_prior': _baseline(rows.get('scene-prior'))},
+        'runtime': {'drive': test_drive if rep else None,
+                    'gt_ap50': _num(_get(gt_rt, 'detection', 'AP50')),
+                    'gt_ap50_shuffled': _num(_get(rep, 'references', 'ground_truth_shuffled', 'detection', 'AP50')),
+                    'mota': _num(_get(gt_rt, 'tracking', 'MOTA')),
+                    'idf1': _num(_get(gt_rt, 'tracking', 'IDF1'))},
+        'stage_seconds': {k: _num(v) for k, v in stage_seconds.items()},
+    }
+
+
+def write_demo_summary(out: Path, quick: bool, split: Dict[str, List[str]], test_drive: str, stages) -> Path:
+    """Write ``out/summary.json`` (strict JSON, written atomically)."""
+    out = Path(out)
+    summary = build_summary(out, quick, split, test_drive, {n: stages.elapsed(n) for n in STAGES})
+    path = out / 'summary.json'
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(json.dumps(summary, indent=1, allow_nan=False) + '\n')
+    tmp.replace(path)
     return path

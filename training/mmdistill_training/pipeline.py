@@ -5,14 +5,18 @@ Stages, each a command a user can run by hand (the report lists them):
 1. simulate drives (``mmdistill sim``): every demo scenario several times with different seeds,
    so that the dataset split by drive has train, val and test drives of every scenario;
 2. train the RGB, depth and thermal teachers on the train drives' simulator ground truth
-   (``mmdistill teachers train``), evaluated on the held-out drives (fused vs single teacher);
+   (``mmdistill teachers train``), evaluated on the held-out drives (fused vs single teacher),
+   and scored with the student's evaluation rule on the student's test drives
+   (``mmdistill teachers evaluate``);
 3. label every drive with the fused teachers (``mmdistill label``);
 4. build the dataset (``mmdistill dataset build``);
-5. counting pretext, then distillation (``mmdistill train``) and the classical baseline, all
-   evaluated on the test drives (``mmdistill ablate --only classical-srp ours``);
+5. counting pretext, then distillation (``mmdistill train``), the classical and the scene-prior
+   baselines, all evaluated on the test drives (``mmdistill ablate --only classical-srp
+   scene-prior ours``);
 6. run the runtime graph (student_node -> tracking_node) on a held-out drive replayed from its
    bag, scored with detection and MOT metrics (``mmdistill replay-eval``);
-7. ``report.md`` with every table and plot.
+7. ``report.md`` with every table and plot, and ``summary.json`` with the headline figures in a
+   stable schema (:data:`mmdistill_training.demo_report.SUMMARY_SCHEMA_VERSION`).
 
 Independent jobs (simulation, labelling) run in two worker processes; each stage's output is
 kept, so a rerun without ``--force`` continues after the last finished stage.
@@ -173,9 +177,13 @@ def run_demo(out: Path, plan: DemoPlan, quick: bool) -> Path:
              '--val-bags', *[bags[d] for d in held_out], '--out', teachers,
              '--epochs', plan.teacher_epochs, '--frame-stride', plan.teacher_frame_stride,
              '--max-steps', plan.teacher_max_steps, '--force']
-    st.commands[name] = ['mmdistill ' + ' '.join(str(a).replace(str(out) + '/', '') for a in targs)]
+    eargs = ['teachers', 'evaluate', '--teachers', teachers, '--bags', *[bags[d] for d in split['test']],
+             '--out', teachers / 'evaluation.json', '--report', teachers / 'evaluation', '--no-progress']
+    st.commands[name] = ['mmdistill ' + ' '.join(str(a).replace(str(out) + '/', '') for a in args)
+                         for args in (targs, eargs)]
     if st.start(name):
         _mmdistill(targs, logs / 'teachers.log', threads=2, tee=True)
+        _mmdistill(eargs, logs / 'teachers-evaluate.log', threads=2, tee=True)
         st.finish(name)
 
     # 3. label ---------------------------------------------------------------------------
@@ -208,7 +216,7 @@ def run_demo(out: Path, plan: DemoPlan, quick: bool) -> Path:
     # 5. student + baseline --------------------------------------------------------------
     name = 'student'
     ablation = out / 'ablation'
-    aargs = ['ablate', '--dataset', dataset, '--out', ablation, '--only', 'classical-srp', 'ours',
+    aargs = ['ablate', '--dataset', dataset, '--out', ablation, '--only', 'classical-srp', 'scene-prior', 'ours',
              '--epochs', plan.student_epochs, '--pretext-epochs', plan.pretext_epochs]
     st.commands[name] = ['mmdistill ' + ' '.join(str(a).replace(str(out) + '/', '') for a in aargs),
                          'mmdistill evaluate --checkpoint ablation/ours --dataset dataset --out evaluation/metrics.json '
@@ -235,8 +243,9 @@ def run_demo(out: Path, plan: DemoPlan, quick: bool) -> Path:
 
     # 7. report --------------------------------------------------------------------------
     st.start('report')
-    from .demo_report import write_demo_report
+    from .demo_report import write_demo_report, write_demo_summary
     path = write_demo_report(out, plan, quick, drives, split, test_drive, st,
                              total_s=time.perf_counter() - t_all)
-    print(f'[demo] wrote {path} in {time.perf_counter() - t_all:.0f} s', flush=True)
+    summary = write_demo_summary(out, quick, split, test_drive, st)
+    print(f'[demo] wrote {path} and {summary} in {time.perf_counter() - t_all:.0f} s', flush=True)
     return path

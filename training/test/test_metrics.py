@@ -9,7 +9,8 @@ from hypothesis import given, settings, strategies as st
 
 from mmdistill_training.metrics import (
     COCO_IOUS, VOC_AVG_IOUS, centre_distance, coco_ap, detection_ap, evaluate_by_condition,
-    evaluate_detections, match_frame, mot_metrics, voc_ap)
+    evaluate_detections, evaluate_truth, match_frame, mot_metrics, reference_frame, shuffle_permutation,
+    truth_sets, voc_ap)
 
 W, H = 640.0, 480.0
 
@@ -48,7 +49,8 @@ def random_case(rng, n_frames=8, n_classes=1):
 
 
 def pycocotools_ap(preds, gts, n_classes=1):
-    """AP from pycocotools: returns {cat: (AP, AP50, AP75)} (101-point, area all, no det limit)."""
+    """AP from pycocotools: returns {cat: (AP, AP50, AP75)} (101-point, area all, no det limit).
+    A ground-truth frame's ``ignore`` boxes become crowd regions (iscrowd = 1)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
     images = [{'id': i + 1, 'width': W, 'height': H} for i in range(len(gts))]
@@ -58,6 +60,10 @@ def pycocotools_ap(preds, gts, n_classes=1):
             w, h = b[2] - b[0], b[3] - b[1]
             anns.append({'id': len(anns) + 1, 'image_id': i + 1, 'category_id': int(c) + 1,
                          'bbox': [b[0], b[1], w, h], 'area': w * h, 'iscrowd': 0})
+        for b in g.get('ignore', []):
+            w, h = b[2] - b[0], b[3] - b[1]
+            anns.append({'id': len(anns) + 1, 'image_id': i + 1, 'category_id': 1,
+                         'bbox': [b[0], b[1], w, h], 'area': w * h, 'iscrowd': 1})
         for b, s, c in zip(p['boxes'], p['scores'], p['labels']):
             dets.append({'image_id': i + 1, 'category_id': int(c) + 1,
                          'bbox': [b[0], b[1], b[2] - b[0], b[3] - b[1]], 'score': float(s)})
@@ -363,3 +369,88 @@ def test_evaluate_by_condition_splits_frames():
     json.dumps(r)
     with pytest.raises(ValueError, match='condition tags'):
         evaluate_by_condition(preds, gts, conds[:3], (W, H))
+
+
+# ----------------------------------------------------------------------------- the evaluation rule
+
+def test_ignore_regions_match_pycocotools_crowd_regions():
+    """Unmatched detections on an ignore region are neither TP nor FP, as detections on a COCO crowd
+    region. Detections on the regions are exact or shifted copies chosen so that IoU and COCO's
+    crowd IoA (intersection / detection area) fall on the same side of 0.5."""
+    rng = np.random.default_rng(7)
+    checked = 0
+    for _ in range(20):
+        preds, gts = random_case(rng)
+        for p, g in zip(preds, gts):
+            k = int(rng.integers(0, 3))
+            xy = rng.uniform(1000, 1400, (k, 2))
+            ig = np.concatenate([xy, xy + rng.uniform(20, 60, (k, 2))], 1)
+            shift = rng.choice([0.0, 0.1, 0.8], k)[:, None] * (ig[:, 2:3] - ig[:, 0:1])
+            on = ig + np.concatenate([shift, np.zeros_like(shift), shift, np.zeros_like(shift)], 1)
+            g['ignore'] = ig
+            p['boxes'] = np.concatenate([p['boxes'], on])
+            p['scores'] = np.concatenate([p['scores'], rng.uniform(0, 1, k)])
+            p['labels'] = list(p['labels']) + [0] * k
+            for f in (p, g):
+                f['labels'] = [0] * len(f['boxes'])
+        if not any(len(g['boxes']) for g in gts):
+            continue
+        ours = detection_ap(preds, gts, per_class=False)
+        assert ours['coco_AP50'] == pytest.approx(pycocotools_ap(preds, gts)['0'][1], abs=1e-9)
+        checked += 1
+    assert checked >= 15
+
+
+def test_truth_sets_headline_all_visible_and_missing_fields():
+    t = {'boxes': [[0, 0, 20, 20], [30, 0, 50, 20], [60, 0, 80, 5], [90, 0, 110, 20]],
+         'visible': [[0.5, 0, 0], [0.05, 0.05, 0.05], [1, 1, 1], [0, 0, 0.9]], 'audible': [True, True, True, False]}
+    s = truth_sets(t)
+    # seen + tall + audible; the 2nd is seen by no camera, the 3rd too small, the 4th silent
+    assert s['ground_truth'].tolist() == [True, False, False, False]
+    assert s['ground_truth_all_visible'].tolist() == [True, False, False, True]
+    r = reference_frame(t)
+    assert len(r['boxes']) == 1 and len(r['ignore']) == 3
+    only_boxes = truth_sets({'boxes': t['boxes']})
+    assert only_boxes['ground_truth'].tolist() == only_boxes['ground_truth_all_visible'].tolist() == \
+        [True, True, False, True]
+
+
+def test_silent_car_is_no_miss_and_detecting_it_no_false_positive():
+    t = {'boxes': np.array([[0, 0, 20, 20], [50, 0, 70, 20]], float), 'visible': [1.0, 1.0],
+         'audible': [True, False], 'distance': [10.0, 40.0]}
+    p = {'boxes': np.array([[50, 0, 70, 20], [0, 0, 20, 20], [200, 0, 220, 20]], float),
+         'scores': np.array([0.9, 0.8, 0.7])}
+    r = evaluate_truth([p], [t], (W, H))
+    assert r['truth_fields'] == ['visible', 'audible', 'distance']
+    assert r['ground_truth']['all']['AP50'] == pytest.approx(1.0)        # the silent car's box is ignored
+    assert r['ground_truth']['all']['num_gt'] == 1
+    # all visible: both cars count, the 3rd box is a FP after both are found
+    assert r['ground_truth_all_visible']['all']['AP50'] == pytest.approx(1.0)
+    assert r['ground_truth_all_visible']['all']['num_gt'] == 2
+    by = r['ground_truth_all_visible']['by_distance']
+    assert set(by) == {'0-15m', '15-30m', '30-50m', '>50m'}
+    # 0-15 m: the car at 40 m is ignored, so its detection (ranked first) is no FP of this bucket
+    assert by['0-15m']['AP50'] == pytest.approx(1.0) and by['30-50m']['AP50'] == pytest.approx(1.0)
+    assert math.isnan(by['15-30m']['AP50']) and by['0-15m']['num_gt'] == 1
+    # without the ignore region the 40 m detection would be a FP ranked first
+    assert detection_ap([p], [{'boxes': t['boxes'][:1]}])['AP50'] == pytest.approx(0.5)
+
+
+def test_prior_check_pairs_frames_of_other_drives():
+    drives = ['a'] * 4 + ['b'] * 4
+    perm = shuffle_permutation(8, drives)
+    assert sorted(perm.tolist()) == list(range(8))
+    assert all(drives[i] != drives[j] for i, j in enumerate(perm))
+    assert shuffle_permutation(8, drives).tolist() == perm.tolist()          # deterministic
+    solo = shuffle_permutation(6)
+    assert all(abs(i - j) == 3 for i, j in enumerate(solo))                 # one drive: half its length away
+    # a predictor that copies each frame's truth loses its AP against the shuffled truth
+    rng = np.random.default_rng(3)
+    truths = []
+    for k in range(8):
+        xy = rng.uniform(0, 500, (2, 2))
+        truths.append({'boxes': np.concatenate([xy, xy + 30], 1)})
+    preds = [{'boxes': t['boxes'], 'scores': np.ones(2)} for t in truths]
+    r = evaluate_truth(preds, truths, (W, H), drives=drives)
+    assert r['ground_truth']['all']['AP50'] == pytest.approx(1.0)
+    assert r['ground_truth_shuffled']['all']['AP50'] < 0.2
