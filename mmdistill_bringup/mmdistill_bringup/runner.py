@@ -12,6 +12,7 @@ its bag.
     mmdistill-bringup car checkpoint:=runs/student rate:=10
     mmdistill-bringup sim --graph record scenario:=night-traffic --duration 30
     mmdistill-bringup car -p tracking_node.tracker:=iou --params-file my_car.yaml
+    mmdistill-bringup sim --view          # + a Foxglove server on ws://localhost:8765 (mmdistill view)
 """
 from __future__ import annotations
 
@@ -217,7 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('-p', dest='params', action='append', default=[], metavar='NODE.PARAM:=VALUE',
                    help='set one node parameter (overrides YAML and launch arguments); repeatable')
     p.add_argument('--duration', type=float, metavar='S', help='stop after S wall-clock seconds (default: until SIGINT)')
+    p.add_argument('--view', action='store_true', help='also serve the graph to Foxglove (as mmdistill view)')
+    p.add_argument('--view-port', type=int, default=8765, metavar='PORT', help='port of --view (default 8765)')
     return p
+
+
+def _start_view(job: str, args: Mapping[str, str], port: int):
+    """The Foxglove view of ``--view`` and its node; the heat map uses the array of the sim job's
+    scenario (else the default car's)."""
+    from .acoustic_map import ArrayGeometry
+    from .foxglove_view import FoxgloveView
+    from .view_node import ViewNode
+    scenario = args.get('scenario', graphs.default_args('sim')['scenario']) if job == 'sim' else 'day-static'
+    try:
+        view = FoxgloveView(port=port, geometry=ArrayGeometry.from_scenario(scenario))
+    except RuntimeError as exc:
+        raise ConfigError(f'--view: cannot serve on port {port}: {exc}') from None
+    print(f'mmdistill-bringup: Foxglove view on ws://127.0.0.1:{view.port}', file=sys.stderr, flush=True)
+    return view, ViewNode(view)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -238,16 +256,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             overrides.setdefault(node, {})[param] = value
         if a.duration is not None and not a.duration > 0:
             raise ConfigError(f'--duration must be > 0, got {a.duration}')
+        if not 0 <= a.view_port <= 65535:
+            raise ConfigError(f'--view-port must be in 0..65535, got {a.view_port}')
     except MmdistillError as exc:
         print(f'mmdistill-bringup: error: {exc}', file=sys.stderr)
         return 2
     rclpy.init(args=[parser.prog])     # launch-style NAME:=VALUE must not reach rcl as remaps
-    graph = None
+    graph = view = view_node = None
     try:
         graph = build_graph(a.job, a.graph, args, a.params_file, overrides)
         names = ', '.join(s.name for s in graph.specs)
         graph.nodes[0].get_logger().info(f'{a.job}: running {names} on one executor')
-        spin(graph.nodes, duration=a.duration)
+        if a.view:
+            view, view_node = _start_view(a.job, args, a.view_port)
+        spin(graph.nodes + ([view_node] if view_node is not None else []), duration=a.duration)
     except MmdistillError as exc:
         if not rclpy.ok():          # SIGINT while the nodes were starting: not an error
             return 0
@@ -256,6 +278,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        if view_node is not None:
+            view_node.destroy_node()
+        if view is not None:
+            view.close()
         if graph is not None:
             graph.destroy()
         rclpy.try_shutdown()
