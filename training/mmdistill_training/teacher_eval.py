@@ -55,7 +55,8 @@ def truth_frame(frame: TeacherFrame) -> dict:
     """A teacher frame's ground truth as :func:`~mmdistill_training.metrics.evaluate_truth` takes it."""
     t = {'boxes': frame.boxes}
     if frame.visible:
-        t['visible'] = np.stack([frame.visible[m] for m in sorted(frame.visible)], axis=1).reshape(len(frame.boxes), -1)
+        t['visible'] = np.stack([frame.visible[m] for m in sorted(frame.visible)], axis=1).reshape(
+            len(frame.boxes), len(frame.visible))
     if frame.audible is not None:
         t['audible'] = frame.audible
     if frame.distance is not None:
