@@ -75,6 +75,9 @@ class Lane:
         'positive', doc='direction of travel: towards +x/+y (`positive`) or -x/-y (`negative`)')
     width_m: float = _f(3.5, unit='m', lo=1.0, hi=10.0, doc='lane width (vehicles drive on its centre line)')
     weight: float = _f(1.0, lo=0.0, hi=1000.0, doc='share of the traffic rate assigned to this lane')
+    parked_per_100m: float = _f(0.0, unit='1/100m', lo=0.0, hi=25.0,
+                                doc='parked vehicles (engine off: silent and cold) standing on this lane for the '
+                                    'whole drive, per 100 m; a kerb lane is one with weight 0 and parked cars')
 
 
 def _default_lanes() -> list:
@@ -196,10 +199,10 @@ class MicArray:
 @dataclass
 class Camera:
     """Pinhole camera shared by the RGB, depth and thermal images (registered, same intrinsics)."""
-    width: int = _f(384, unit='px', lo=8, hi=8192, doc='image width')
-    height: int = _f(128, unit='px', lo=8, hi=8192, doc='image height')
-    fx: float = _f(192.0, unit='px', lo=1.0, hi=1e5, doc='focal length x (default: 90 deg horizontal FOV)')
-    fy: float = _f(192.0, unit='px', lo=1.0, hi=1e5, doc='focal length y')
+    width: int = _f(768, unit='px', lo=8, hi=8192, doc='image width')
+    height: int = _f(256, unit='px', lo=8, hi=8192, doc='image height')
+    fx: float = _f(384.0, unit='px', lo=1.0, hi=1e5, doc='focal length x (default: 90 deg horizontal FOV)')
+    fy: float = _f(384.0, unit='px', lo=1.0, hi=1e5, doc='focal length y (default: 37 deg vertical FOV)')
     cx: Optional[float] = _f(None, unit='px', doc='principal point x (default width / 2)')
     cy: Optional[float] = _f(None, unit='px', doc='principal point y (default height / 2)')
     height_m: float = _f(1.5, unit='m', lo=0.1, hi=10.0, doc='mounting height above the ground')

@@ -152,17 +152,45 @@ class World:
             seed_key=int(rng.integers(0, 2**31)))
 
     def _spawn(self, rng: np.random.Generator) -> None:
-        sc, tr = self.sc, self.sc.traffic
+        tr = self.sc.traffic
         vid = 1
-        lanes = sc.road.lanes
-        probs = tr.class_mix.probabilities()
         # scripted vehicles first: their ids do not depend on the random traffic
         for sv in tr.scripted:
             self.vehicles.append(self._make_vehicle(rng, vid, sv.kind, sv.lane, sv.position_m, sv.speed_mps,
                                                     -np.inf, np.inf, sv.engine_on))
             vid += 1
-        if tr.vehicles_per_minute <= 0 or not lanes:
-            return
+        if tr.vehicles_per_minute > 0 and self.sc.road.lanes:
+            vid = self._spawn_traffic(rng, vid)
+        self._spawn_parked(rng, vid)
+
+    def _spawn_parked(self, rng: np.random.Generator, vid: int) -> int:
+        """Parked, cold vehicles along lanes with ``parked_per_100m`` > 0: bumper to bumper with random
+        gaps (mean spacing 100 m / density), none inside the crossing zone of a lane of the other
+        direction (an intersection is kept clear)."""
+        lanes = self.sc.road.lanes
+        probs = self.sc.traffic.class_mix.probabilities()
+        for li, lane in enumerate(lanes):
+            if lane.parked_per_100m <= 0:
+                continue
+            a, b = self._lane_segment(lane)
+            cross = [(l.offset_m, l.width_m / 2 + 3.0) for l in lanes if l.direction != lane.direction]
+            spacing = 100.0 / lane.parked_per_100m
+            q = a + rng.uniform(0.0, spacing)
+            while q < b:
+                kind = VEHICLE_CLASSES[rng.choice(3, p=probs)]
+                v = self._make_vehicle(rng, vid, kind, li, q, 0.0, -np.inf, np.inf, False)
+                half = v.size[0] / 2
+                if all(abs(q - c) > half + w for c, w in cross):
+                    self.vehicles.append(v)
+                    vid += 1
+                q += max(spacing * rng.uniform(0.4, 1.6), v.size[0] + 1.0)
+        return vid
+
+    def _spawn_traffic(self, rng: np.random.Generator, vid: int) -> int:
+        """Moving traffic (and the traffic's ``stopped_fraction`` of parked arrivals), per lane."""
+        sc, tr = self.sc, self.sc.traffic
+        lanes = sc.road.lanes
+        probs = tr.class_mix.probabilities()
         wsum = sum(l.weight for l in lanes)
         for li, lane in enumerate(lanes):
             rate = tr.vehicles_per_minute / 60.0 * lane.weight / wsum
@@ -194,6 +222,7 @@ class World:
                 q0 = q_entry - sign * speed * t_arr     # coordinate at t = 0
                 self.vehicles.append(self._make_vehicle(rng, vid, kind, li, q0, speed, t_arr, t_off, True))
                 vid += 1
+        return vid
 
     def active(self, t: float) -> list[Vehicle]:
         """Vehicles that exist at time ``t``."""

@@ -1,4 +1,5 @@
 """Simulator API: determinism, timing of frames and audio chunks, streaming order."""
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -77,14 +78,15 @@ def test_frame_random_access_matches_iteration():
 def test_scenarios_render_sane_output(name):
     sim = short(name, seconds=0.3)
     f = sim.frame(2)
-    assert f.rgb.dtype == np.uint8 and f.rgb.shape == (128, 384, 3)
+    cam = sim.scenario.camera
+    assert f.rgb.dtype == np.uint8 and f.rgb.shape == (cam.height, cam.width, 3)
     assert np.isfinite(f.thermal).all()
     x = sim.audio_block(0, 4410)
     assert np.isfinite(x).all() and np.abs(x).max() < 1.0
     gt = f.gt
     assert gt.boxes.shape == (len(gt), 4)
     if len(gt):
-        assert (gt.boxes[:, 0] >= 0).all() and (gt.boxes[:, 2] <= 384).all()
+        assert (gt.boxes[:, 0] >= 0).all() and (gt.boxes[:, 2] <= cam.width).all()
         assert (gt.boxes[:, 2] > gt.boxes[:, 0]).all() and (gt.boxes[:, 3] > gt.boxes[:, 1]).all()
         assert ((gt.visible_rgb >= 0) & (gt.visible_rgb <= gt.visible_fraction + 1e-9)).all()
 
@@ -114,4 +116,37 @@ def test_audio_info_and_camera_info():
     assert info == dict(channels=8, sample_rate=44100, sample_format='S16LE', bitrate=16 * 8 * 44100,
                         coding_format='wave')
     ci = sim.camera_info()
-    assert ci['width'] == 384 and ci['height'] == 128 and ci['k'][2] == 192.0
+    cam = sim.scenario.camera
+    assert ci['width'] == cam.width and ci['height'] == cam.height and ci['k'][2] == cam.cx == cam.width / 2
+
+
+def test_parked_lane_holds_cold_vehicles_without_overlap_or_blocking_the_crossing():
+    sc = scenario_from_dict({'duration_s': 1.0, 'seed': 5, 'road': {'extent_m': 80.0, 'lanes': [
+        {'direction': 'across', 'offset_m': 20.0},
+        {'direction': 'along', 'offset_m': -6.0, 'weight': 0.0, 'parked_per_100m': 12.0}]},
+        'traffic': {'vehicles_per_minute': 0}})
+    parked = [v for v in Simulator(sc).world.vehicles if v.lane == 1]
+    assert len(parked) > 10
+    assert all(not v.engine_on and not v.moving for v in parked)
+    xs = sorted((v.p0[0] - v.size[0] / 2, v.p0[0] + v.size[0] / 2) for v in parked)
+    assert all(a[1] <= b[0] for a, b in zip(xs, xs[1:]))                 # bumper to bumper, no overlap
+    assert all(hi < 20.0 - 1.75 or lo > 20.0 + 1.75 for lo, hi in xs)     # the crossing street stays clear
+
+
+@pytest.mark.parametrize('name', ['town-day-static', 'town-day-driving'])
+def test_town_scenarios_put_audible_vehicles_on_both_sides_at_street_distances(name):
+    """The benchmark world (DESIGN §6): evaluated vehicles left and right of the image centre, most at 5-40 m."""
+    sim = Simulator(dataclasses.replace(load_scenario(name, seed=1000), duration_s=12.0))
+    w = sim.scenario.camera.width
+    cx, dist = [], []
+    for k in range(0, sim.n_frames, 6):
+        gt = sim.renderer.render(sim.frame_time(k), k)[3]
+        if len(gt):
+            seen = np.maximum(np.maximum(gt.visible_rgb, gt.visible_depth), gt.visible_thermal) >= 0.1
+            ev = ((gt.boxes[:, 3] - gt.boxes[:, 1]) >= 8) & seen & gt.audible
+            cx += list((gt.boxes[ev, 0] + gt.boxes[ev, 2]) / 2)
+            dist += list(gt.distance_m[ev])
+    cx, dist = np.array(cx), np.array(dist)
+    assert len(cx) >= 20
+    assert 0.15 < np.mean(cx < w / 2) < 0.85
+    assert np.mean((dist >= 5) & (dist < 40)) > 0.5

@@ -49,10 +49,12 @@ def test_projection_matches_intrinsics_with_pitch():
 
 
 def test_image_types_and_shapes():
-    f = one_car().frame(0)
-    assert f.rgb.shape == (128, 384, 3) and f.rgb.dtype == np.uint8
-    assert f.depth.shape == (128, 384) and f.depth.dtype == np.float32
-    assert f.thermal.shape == (128, 384) and f.thermal.dtype == np.float32
+    sim = one_car()
+    f = sim.frame(0)
+    h, w = sim.scenario.camera.height, sim.scenario.camera.width
+    assert f.rgb.shape == (h, w, 3) and f.rgb.dtype == np.uint8
+    assert f.depth.shape == (h, w) and f.depth.dtype == np.float32
+    assert f.thermal.shape == (h, w) and f.thermal.dtype == np.float32
     assert np.isnan(f.depth[:20]).all()                     # sky: no return
     assert 200 < np.nanmedian(f.thermal) < 330
 
