@@ -24,6 +24,7 @@ from types import SimpleNamespace
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
+from foxglove.websocket import ServerListener
 
 from mmdistill_common import topics as T
 from mmdistill_common.errors import InputError
@@ -121,7 +122,7 @@ class _BagStream:
         self.reader.close()
 
 
-class BagViewPlayer:
+class BagViewPlayer(ServerListener):
     """Serve ``bag`` on ``ws://host:port`` with playback control (``port`` None: no server, for
     :meth:`export`). ``student``: a :class:`StudentOnBag` to run on the audio (optional)."""
 
