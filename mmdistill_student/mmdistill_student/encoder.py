@@ -135,6 +135,9 @@ class AudioEncoder(nn.Module):
     ``forward(x, return_embedding=False)``; ``embed(x)`` gives the ``(B, embed_dim)``
     embedding alone (counting pretext)."""
 
+    #: parameters the counting pretext does not train (left at initialisation when loading it)
+    decoder_prefixes = ('to_grid.', 'grid_pos', 'p3.', 'p4.', 'p5.')
+
     def __init__(self, cfg: Optional[EncoderConfig] = None, **kwargs):
         super().__init__()
         if cfg is None:
@@ -230,12 +233,12 @@ def encoder_state_dict(source: Union[nn.Module, Mapping[str, torch.Tensor]],
     """The encoder's weights from an :class:`AudioEncoder`, a model holding one (attribute
     ``encoder``), or a flat state dict of such a model.  Keys are returned without prefix.
     With ``prefix=None`` the prefix is ``''`` for an encoder, else ``'encoder.'``."""
-    if isinstance(source, AudioEncoder):
+    if isinstance(source, nn.Module) and hasattr(source, 'embed') and hasattr(source, 'decode'):
         return {k: v.detach().clone() for k, v in source.state_dict().items()}
     if isinstance(source, nn.Module):
         enc = getattr(source, 'encoder', None)
-        if not isinstance(enc, AudioEncoder):
-            raise ConfigError('model has no AudioEncoder attribute "encoder"')
+        if not (isinstance(enc, nn.Module) and hasattr(enc, 'embed')):
+            raise ConfigError('model has no student encoder attribute "encoder"')
         return {k: v.detach().clone() for k, v in enc.state_dict().items()}
     prefix = 'encoder.' if prefix is None else prefix
     out = {k[len(prefix):]: v for k, v in source.items() if k.startswith(prefix)}
@@ -253,7 +256,7 @@ def load_encoder_state_dict(encoder: AudioEncoder, state: Mapping[str, torch.Ten
     the pretext trains (input norm, conv stages, embedding MLP) and leaves the image-plane
     decoder at its initialisation.  Returns the loaded key names."""
     own = encoder.state_dict()
-    decoder_prefixes = ('to_grid.', 'grid_pos', 'p3.', 'p4.', 'p5.')
+    decoder_prefixes = getattr(encoder, 'decoder_prefixes', AudioEncoder.decoder_prefixes)
     wanted = {k for k in own if not (skip_decoder and k.startswith(decoder_prefixes))}
     state = {k: v for k, v in state.items() if k in wanted or k not in own}
     missing = sorted(wanted - set(state))

@@ -39,7 +39,10 @@ import torch
 
 from mmdistill_common.errors import ConfigError, InputError
 
+from .acoustic_image import DEFAULT_BANDS_HZ, AcousticImage, validate_geometry
+
 SPEED_OF_SOUND = 343.0
+FRONTEND_KINDS = ('spectrogram', 'acoustic_image')
 
 __all__ = [
     'FrontendConfig', 'PushResult', 'PushStatus', 'AudioRingBuffer', 'LogMel', 'Frontend',
@@ -79,8 +82,15 @@ class FrontendConfig:
     gcc_fmax: Optional[float] = 8000.0
     gcc_frame_stride: int = 2
     amin: float = 1e-10
+    kind: str = 'spectrogram'
+    columns: int = 48
+    bands_hz: Tuple[float, ...] = DEFAULT_BANDS_HZ
+    ref_distance_m: float = 15.0
+    source_height_m: float = 0.7
+    geometry: Optional[dict] = None
 
     def __post_init__(self):
+        self.bands_hz = tuple(float(f) for f in self.bands_hz)
         self.validate()
 
     def validate(self) -> 'FrontendConfig':
@@ -119,6 +129,17 @@ class FrontendConfig:
             bad('gcc_subwindows * gcc_frame_stride exceeds the number of frames')
         if not self.amin > 0:
             bad(f'amin must be > 0, got {self.amin}')
+        if self.kind not in FRONTEND_KINDS:
+            bad(f'kind must be one of {FRONTEND_KINDS}, got {self.kind!r}')
+        if self.kind == 'acoustic_image':
+            if self.use_ild or self.use_gccphat:
+                bad('the acoustic image replaces ILD / GCC-PHAT (use_ild and use_gccphat must be false)')
+            if isinstance(self.columns, bool) or not isinstance(self.columns, (int, np.integer)) or self.columns < 1:
+                bad(f'columns must be a positive integer, got {self.columns!r}')
+            validate_geometry(self.geometry, self.channels)
+            if len(self.bands_hz) < 2 or list(self.bands_hz) != sorted(set(self.bands_hz)) \
+                    or self.bands_hz[0] <= 0 or self.bands_hz[-1] > nyq:
+                bad(f'bands_hz must be increasing edges in (0, {nyq:g}], got {list(self.bands_hz)}')
         return self
 
     # derived quantities ------------------------------------------------------------------
@@ -150,7 +171,18 @@ class FrontendConfig:
         return min(n_bins, int(math.floor(self.gcc_fmax * self.n_fft / self.sample_rate)) + 1)
 
     @property
+    def n_bands(self) -> int:
+        return len(self.bands_hz) - 1
+
+    @property
+    def rows(self) -> int:
+        """Second feature axis: mel bins (spectrogram) or image columns (acoustic image)."""
+        return self.columns if self.kind == 'acoustic_image' else self.n_mels
+
+    @property
     def in_channels(self) -> int:
+        if self.kind == 'acoustic_image':
+            return 2 * self.n_bands
         c = self.channels
         if self.use_ild:
             c += self.channels
@@ -159,11 +191,14 @@ class FrontendConfig:
         return c
 
     def feature_shape(self) -> Tuple[int, int, int]:
-        """``(C_in, n_mels, T)`` of one window's features (``(8, 80, 173)`` by default)."""
-        return (self.in_channels, self.n_mels, self.n_frames)
+        """``(C_in, rows, T)`` of one window's features (``(8, 80, 173)`` by default; acoustic
+        image: ``(2 * n_bands, columns, T)``)."""
+        return (self.in_channels, self.rows, self.n_frames)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d['bands_hz'] = list(d['bands_hz'])
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> 'FrontendConfig':
@@ -504,6 +539,11 @@ class Frontend(torch.nn.Module):
         self.register_buffer('mean', torch.zeros(self.cfg.in_channels))
         self.register_buffer('std', torch.ones(self.cfg.in_channels))
         self.normalize = False
+        self.acoustic = None
+        if self.cfg.kind == 'acoustic_image':
+            c = self.cfg
+            self.acoustic = AcousticImage(c.geometry, c.channels, c.sample_rate, c.n_fft, c.columns,
+                                          c.bands_hz, c.ref_distance_m, c.source_height_m)
         self._gcc_sizes = [len(a) for a in np.array_split(np.arange(self.cfg.n_frames),
                                                           self.cfg.gcc_subwindows)]
 
@@ -534,6 +574,8 @@ class Frontend(torch.nn.Module):
         """Assemble features from per-frame mel power ``(B, C, T, n_mels)`` and, when GCC-PHAT
         is used, complex spectra ``(B, C, T, F)``."""
         cfg = self.cfg
+        if self.acoustic is not None:
+            return self._normalized(self.acoustic(spec))
         logmel = self.logmel.to_db(mel_power).transpose(-1, -2)        # (B, C, M, T)
         parts = [logmel]
         if cfg.use_ild:
@@ -547,14 +589,23 @@ class Frontend(torch.nn.Module):
                 g = torch.repeat_interleave(g, torch.tensor(self._gcc_sizes), dim=1)
                 maps.append(g.transpose(-1, -2))                       # (P, M, T)
             parts.append(torch.stack(maps))
-        out = torch.cat(parts, dim=1) if len(parts) > 1 else logmel
+        return self._normalized(torch.cat(parts, dim=1) if len(parts) > 1 else logmel)
+
+    def _normalized(self, out: torch.Tensor) -> torch.Tensor:
         if self.normalize:
             out = (out - self.mean[:, None, None]) / self.std[:, None, None]
         return out
 
+    @property
+    def needs_spectra(self) -> bool:
+        """Whether features need the complex STFT frames (GCC-PHAT, acoustic image)."""
+        return self.cfg.use_gccphat or self.acoustic is not None
+
     def forward(self, x) -> torch.Tensor:
         x = self.check_window(x)
         spec = self.logmel.spectra(self.logmel.frames(x))             # (B, C, T, F)
+        if self.acoustic is not None:
+            return self.from_frames(None, spec)
         mel = self.logmel.mel_power(spec)
         return self.from_frames(mel, spec if self.cfg.use_gccphat else None)
 
@@ -632,6 +683,8 @@ class StreamingFrontend:
             return None
         self.last_window = x
         lm = self.frontend.logmel
+        if self.frontend.acoustic is not None:
+            return self._compute_acoustic(x, start, mode)
         want_spec = cfg.use_gccphat
         base = start // cfg.hop
         # interior frames: cached by segment frame index
@@ -665,3 +718,33 @@ class StreamingFrontend:
         feats = self.frontend.from_frames(mel, spec)[0].numpy()
         at = start + n if mode == 'causal' else start + n // 2
         return feats, buf.index_to_stamp(at)
+
+    def _compute_acoustic(self, x: np.ndarray, start: int, mode: str) -> Tuple[np.ndarray, int]:
+        """Acoustic image of the window at ``start``: interior frames' columns are cached (each
+        100-ms step computes only the new frames), edge frames recomputed."""
+        cfg, fe = self.cfg, self.frontend
+        lm, ai = fe.logmel, fe.acoustic
+        base = start // cfg.hop
+        missing = [k for k in range(self._k_lo, self._k_hi + 1) if base + k not in self._cache]
+        if missing:
+            half = cfg.n_fft // 2
+            idx = torch.tensor(missing) * cfg.hop - half
+            frames = torch.from_numpy(x)[:, idx[:, None] + torch.arange(cfg.n_fft)]   # (C, m, n_fft)
+            img = ai(lm.spectra(frames)[None])[0]                                     # (2B, D, m)
+            for i, k in enumerate(missing):
+                self._cache[base + k] = img[..., i]
+            self.frames_computed += len(missing)
+        edge = list(range(0, self._k_lo)) + list(range(self._k_hi + 1, cfg.n_frames))
+        all_frames = lm.frames(torch.from_numpy(x))
+        e_img = ai(lm.spectra(all_frames[:, edge])[None])[0]
+        self.frames_computed += len(edge)
+        cols: List[Optional[torch.Tensor]] = [None] * cfg.n_frames
+        for i, k in enumerate(edge):
+            cols[k] = e_img[..., i]
+        for k in range(self._k_lo, self._k_hi + 1):
+            cols[k] = self._cache[base + k]
+        for key in [key for key in self._cache if key < base + self._k_lo]:
+            del self._cache[key]
+        feats = fe._normalized(torch.stack(cols, dim=-1)[None])[0].numpy()
+        at = start + cfg.window_samples if mode == 'causal' else start + cfg.window_samples // 2
+        return feats, self.buffer.index_to_stamp(at)

@@ -22,17 +22,24 @@ from torch import nn
 from mmdistill_common.errors import ConfigError, InputError
 from mmdistill_teachers.head import DetectionHead, attention_maps, decode
 
+from .column_encoder import ColumnEncoder, ColumnEncoderConfig
 from .encoder import AudioEncoder, EncoderConfig
 from .frontend import Frontend, FrontendConfig
 
-__all__ = ['StudentConfig', 'StudentDetector', 'FEATURE_GROUPS', 'feature_groups']
+__all__ = ['StudentConfig', 'StudentDetector', 'FEATURE_GROUPS', 'ENCODER_KINDS', 'feature_groups']
 
 FEATURE_GROUPS = ('logmel', 'ild', 'gcc')
-_ENCODER_DERIVED = ('in_channels', 'n_mels', 'n_frames', 'image_size', 'strides')
+_ENCODER_DERIVED = ('in_channels', 'n_mels', 'n_frames', 'image_size', 'strides', 'columns')
+#: student encoders by ``encoder['kind']``: the column-equivariant network reads the acoustic
+#: image; the spectrogram encoder (the reference implementation's approach) log-mel maps.
+ENCODER_KINDS = ('spectrogram', 'column')
 
 
 def feature_groups(frontend: FrontendConfig) -> Dict[str, Tuple[int, int]]:
     """Channel range ``[start, stop)`` of each feature group in the front end's output."""
+    if frontend.kind == 'acoustic_image':
+        b = frontend.n_bands
+        return {'srp': (0, b), 'das': (b, 2 * b)}
     out, c = {}, 0
     for name, on, n in (('logmel', True, frontend.channels), ('ild', frontend.use_ild, frontend.channels),
                         ('gcc', frontend.use_gccphat, frontend.n_pairs)):
@@ -70,7 +77,7 @@ class StudentConfig:
         self.strides = tuple(int(v) for v in self.strides)
         if isinstance(self.frontend, FrontendConfig):
             self.frontend = self.frontend.to_dict()
-        if isinstance(self.encoder, EncoderConfig):
+        if isinstance(self.encoder, (EncoderConfig, ColumnEncoderConfig)):
             self.encoder = {k: v for k, v in self.encoder.to_dict().items() if k not in _ENCODER_DERIVED}
         bad = set(self.encoder) & set(_ENCODER_DERIVED)
         if bad:
@@ -95,10 +102,26 @@ class StudentConfig:
         fe = self.frontend_config()
         return len(self.input_channels) if self.input_channels is not None else fe.in_channels
 
-    def encoder_config(self) -> EncoderConfig:
+    @property
+    def encoder_kind(self) -> str:
+        """``encoder['kind']``, by default the one that reads the front end's features."""
+        default = 'column' if self.frontend_config().kind == 'acoustic_image' else 'spectrogram'
+        return self.encoder.get('kind', default)
+
+    def encoder_config(self):
         fe = self.frontend_config()
+        kind = self.encoder_kind
+        if kind not in ENCODER_KINDS:
+            raise ConfigError(f'student encoder kind must be one of {ENCODER_KINDS}, got {kind!r}')
+        if (kind == 'column') != (fe.kind == 'acoustic_image'):
+            raise ConfigError(f'encoder kind {kind!r} does not read the {fe.kind!r} front end '
+                              "(column <-> acoustic_image, spectrogram <-> spectrogram)")
+        rest = {k: v for k, v in self.encoder.items() if k != 'kind'}
+        if kind == 'column':
+            return ColumnEncoderConfig(in_channels=self.in_channels, columns=fe.columns, n_frames=fe.n_frames,
+                                       image_size=self.image_size, strides=self.strides, **rest)
         return EncoderConfig(in_channels=self.in_channels, n_mels=fe.n_mels, n_frames=fe.n_frames,
-                             image_size=self.image_size, strides=self.strides, **dict(self.encoder))
+                             image_size=self.image_size, strides=self.strides, **rest)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -128,7 +151,7 @@ class StudentDetector(nn.Module):
         cfg = self.config
         self.frontend = Frontend(cfg.frontend_config())
         enc = cfg.encoder_config()
-        self.encoder = AudioEncoder(enc)
+        self.encoder = ColumnEncoder(enc) if isinstance(enc, ColumnEncoderConfig) else AudioEncoder(enc)
         self.head = DetectionHead(enc.out_channels, num_classes=len(cfg.class_names),
                                   width=cfg.head_width, num_convs=cfg.head_convs, strides=cfg.strides)
         idx = cfg.input_channels if cfg.input_channels is not None else \
@@ -161,7 +184,7 @@ class StudentDetector(nn.Module):
                             dtype=torch.float32)
         if x.ndim == 3:
             x = x[None]
-        want = (self.config.in_channels, self.frontend.cfg.n_mels, self.frontend.cfg.n_frames)
+        want = (self.config.in_channels, self.frontend.cfg.rows, self.frontend.cfg.n_frames)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise InputError(f'student features must be (B, {want[0]}, {want[1]}, {want[2]}), '
                              f'got {tuple(x.shape)}')

@@ -86,6 +86,10 @@ class BuildConfig:
         if int(self.batch_size) < 1:
             raise ConfigError(f'batch_size must be >= 1, got {self.batch_size}')
 
+    def window_samples(self, sample_rate: int) -> int:
+        from mmdistill_student.frontend import FrontendConfig
+        return FrontendConfig(sample_rate=int(sample_rate)).window_samples
+
     @property
     def acoustic(self) -> bool:
         return any(f in ACOUSTIC_FEATURES for f in self.features)
@@ -324,8 +328,7 @@ def read_drive(bag_path: Path, name: str, config: BuildConfig) -> DriveData:
             continue
         unique.append(pl)
         last = pl.stamp_ns
-    cfg = config.frontend_config(info.sample_rate, info.channels)
-    n = cfg.window_samples
+    n = config.window_samples(info.sample_rate)
     frames: List[FrameRecord] = []
     for i, pl in enumerate(unique):
         if i % int(config.frame_stride):

@@ -91,7 +91,7 @@ def export_onnx(model, out: PathLike, opset: int = 17, checkpoint_meta: Optional
         raise ConfigError(f'output directory does not exist: {out.parent}')
     cfg = model.config
     fe = model.frontend_config
-    shape = (cfg.in_channels, fe.n_mels, fe.n_frames)
+    shape = (cfg.in_channels, fe.rows, fe.n_frames)
     wrapper = _FlatHead(model).eval()
     was = model.training
     model.eval()

@@ -21,13 +21,14 @@ __all__ = ['TrainConfig', 'load_train_config', 'DEFAULTS', 'DISTILL_LOSSES', 'TA
 DISTILL_LOSSES = ('mta', 'mta_average', 'mta_reference', 'ranking', 'none')
 TARGETS = ('fused', 'rgb', 'depth', 'thermal')
 FEATURES = ('logmel', 'ild', 'gcc')
+ACOUSTIC_FEATURES = ('srp', 'das')
 
 DEFAULTS: Dict[str, Any] = {
     'name': 'student',
     'stage': 'distill',             # distill | pretext
     'seed': 0,
     'device': 'auto',               # auto | cpu | cuda
-    'features': ['logmel', 'ild', 'gcc'],
+    'features': None,               # feature groups read; None = every group of the dataset
     'mics': None,                   # list of microphone indices, None = all
     'targets': 'fused',             # which pseudo-labels supervise the detection loss
     'model': {                      # StudentConfig fields (frontend/input_channels come from data)
@@ -131,9 +132,12 @@ def validate(raw: dict) -> TrainConfig:
     if cfg['device'] not in ('auto', 'cpu', 'cuda'):
         raise ConfigError(f"device: must be auto, cpu or cuda, got {cfg['device']!r}")
     feats = cfg['features']
-    if not isinstance(feats, list) or not feats or any(f not in FEATURES for f in feats) \
-            or 'logmel' not in feats or len(set(feats)) != len(feats):
-        raise ConfigError(f'features: a list from {list(FEATURES)} that includes logmel, got {feats!r}')
+    if feats is not None and not (
+            isinstance(feats, list) and feats and len(set(feats)) == len(feats)
+            and (all(f in ACOUSTIC_FEATURES for f in feats)
+                 or (all(f in FEATURES for f in feats) and 'logmel' in feats))):
+        raise ConfigError(f'features: null (all of the dataset), a list from {list(FEATURES)} that includes '
+                          f'logmel, or a list from {list(ACOUSTIC_FEATURES)}; got {feats!r}')
     mics = cfg['mics']
     if mics is not None and (not isinstance(mics, list) or not mics
                              or any(isinstance(m, bool) or not isinstance(m, int) or m < 0 for m in mics)

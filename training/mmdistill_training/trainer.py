@@ -68,6 +68,10 @@ class ChannelPlan:
     dataset_channels: List[int]
 
 
+#: feature groups of the acoustic-image front end (channels x columns x time)
+ACOUSTIC_GROUPS = ('srp', 'das')
+
+
 def plan_channels(ds_frontend: dict, ds_groups: Dict[str, Sequence[int]], features: Sequence[str],
                   mics: Optional[Sequence[int]] = None) -> ChannelPlan:
     from mmdistill_student.frontend import FrontendConfig
@@ -81,6 +85,9 @@ def plan_channels(ds_frontend: dict, ds_groups: Dict[str, Sequence[int]], featur
     fcfg = FrontendConfig.from_dict(fe)
     groups = feature_groups(fcfg)
     n_mics = fcfg.channels
+    if mics is not None and fcfg.kind == 'acoustic_image':
+        raise ConfigError('mics: the acoustic image is steered with every microphone; select mics only '
+                          'with spectrogram features')
     if mics is not None and max(mics) >= n_mics:
         raise ConfigError(f'mics {list(mics)} refer to microphones beyond the {n_mics} of the dataset')
     keep = set(range(n_mics)) if mics is None else set(int(m) for m in mics)
@@ -89,7 +96,9 @@ def plan_channels(ds_frontend: dict, ds_groups: Dict[str, Sequence[int]], featur
     for g, (start, stop) in groups.items():
         ds_start = int(ds_groups[g][0])
         for k in range(stop - start):
-            if g in ('logmel', 'ild'):
+            if g in ACOUSTIC_GROUPS:
+                ok = True                 # every direction uses every microphone
+            elif g in ('logmel', 'ild'):
                 ok = k in keep
             else:
                 i, j = pairs[k]
@@ -130,7 +139,9 @@ def mirror_plan(geometry: Optional[dict], image_width: int, plan: ChannelPlan,
     src: Dict[int, Tuple[int, bool]] = {}
     for g, (start, stop) in ds_groups.items():
         for k in range(stop - start):
-            if g in ('logmel', 'ild'):
+            if g in ACOUSTIC_GROUPS:
+                src[start + k] = (start + k, True)          # columns mirror about the image centre
+            elif g in ('logmel', 'ild'):
                 src[start + k] = (start + int(sigma[k]), False)
             else:
                 i, j = pairs[k]
@@ -191,7 +202,8 @@ def _subset(rows: np.ndarray, n: Optional[int], seed: int) -> np.ndarray:
 # ------------------------------------------------------------------------ model
 
 def build_student(cfg: TrainConfig, ds: DistillDataset) -> Tuple[StudentDetector, ChannelPlan]:
-    plan = plan_channels(ds.frontend.to_dict(), ds.feature_groups, cfg.features, cfg.mics)
+    features = cfg.features if cfg.features is not None else list(ds.feature_groups)
+    plan = plan_channels(ds.frontend.to_dict(), ds.feature_groups, features, cfg.mics)
     fields = cfg.student_fields()
     try:
         scfg = StudentConfig(frontend=plan.frontend, input_channels=plan.input_channels,

@@ -18,7 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument('--window', choices=('centered', 'causal'), default='centered',
                    help='window centred on the frame stamp (paper) or ending at it (no look-ahead)')
     b.add_argument('--features', default='logmel,ild,gcc',
-                   help='comma-separated feature groups among logmel,ild,gcc (logmel required; default all)')
+                   help='comma-separated feature groups: logmel,ild,gcc (logmel required) for the spectrogram '
+                        'encoder, or srp,das for the acoustic image (default logmel,ild,gcc)')
+    b.add_argument('--geometry', type=Path, metavar='FILE.json',
+                   help='array and camera calibration {"mic_positions_m": [[x, y, z], ...], "camera": {width, '
+                        'height, fx, cx, cy, x_m, height_m, pitch_deg}} (ego frame: x forward, y left, z up); '
+                        'default: from the named simulator scenarios')
     b.add_argument('--frame-stride', type=int, default=1, metavar='K', help='keep every K-th labelled frame')
     b.add_argument('--split', type=Path, metavar='FILE.json',
                    help='{"train": [...], "val": [...], "test": [...]} drive names instead of the split rule')
@@ -32,8 +37,12 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset_command != 'build':
         raise ConfigError(f'unknown dataset subcommand {args.dataset_command!r}')
     features = tuple(f.strip() for f in args.features.split(',') if f.strip())
+    geometry = None
+    if args.geometry is not None:
+        from mmdistill_student.calibration import load_geometry
+        geometry = load_geometry(args.geometry)
     cfg = BuildConfig(window=args.window, features=features, frame_stride=args.frame_stride,
-                      split_file=args.split, batch_size=args.batch_size)
+                      split_file=args.split, batch_size=args.batch_size, geometry=geometry)
     index = build_dataset(args.bags, args.out, cfg, progress=not args.quiet)
     summary = {'out': str(args.out), 'n_frames': index['n_frames'], 'drives': len(index['drives']),
                'skipped': index['skipped'], 'splits': {k: len(v) for k, v in index['splits'].items()},

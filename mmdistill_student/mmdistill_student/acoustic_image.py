@@ -1,0 +1,179 @@
+"""Acoustic-image front end: per STFT frame, the array's steered response over the directions
+of the camera image's columns, per frequency band (DESIGN §7).
+
+Why: the array geometry is the strongest prior there is. A network fed log-mel maps has to
+rediscover it from a few thousand windows (and was measured to learn the scene instead); here
+the direction of each image column is computed from the calibration, so a source that projects
+to column ``c`` lights up column ``c`` of the features and a column-equivariant network keeps it
+there.
+
+Two maps per band and frame, for each of ``columns`` directions:
+
+* **SRP-PHAT coherence** ``(|sum_m a_m X_m / |X_m||^2 - M) / (M (M - 1))``, averaged over the
+  band's bins: the classic pairwise SRP-PHAT sum ``sum_{i<j} Re(G_ij e^{jw(tau_i - tau_j)})``
+  normalised to [-1/(M-1), 1] (identical up to the constant diagonal term). It carries
+  direction and tolerates spatial aliasing when bands are summed.
+* **Delay-and-sum beam energy** ``10 log10(mean_band |sum_m a_m X_m|^2 / M^2)`` in dB: level
+  and spectral shape per direction, which carry distance (level, the ground-reflection notch).
+
+Steering: the direction of column ``c`` is the ray through the centre of the column's pixel
+span at the principal row, taken to ``ref_distance_m`` from the camera, dropped to
+``source_height_m`` and seen from the array centre (camera/array parallax included), far field
+from there. ``a_m(w) = exp(-j w p_m . s / c)`` aligns a plane wave from unit direction ``s``
+(it reaches microphone ``m`` at ``p_m`` earlier by ``p_m . s / c``).
+
+Frames are the same centred, zero-padded STFT frames as :class:`~.frontend.LogMel` (so
+:class:`~.frontend.StreamingFrontend` can cache them); only bins inside the bands are used.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from mmdistill_common.errors import ConfigError
+
+__all__ = ['DEFAULT_BANDS_HZ', 'column_directions', 'steering_delays', 'AcousticImage',
+           'validate_geometry']
+
+#: band edges (Hz): low bands carry the engine harmonics and the ground notch of near vehicles,
+#: high bands the tyre noise and the finest direction (aliasing-tolerant once summed).
+DEFAULT_BANDS_HZ: Tuple[float, ...] = (100.0, 200.0, 400.0, 700.0, 1000.0, 1500.0, 2200.0, 3200.0, 4800.0)
+
+
+def validate_geometry(geometry: Optional[Mapping], channels: int) -> None:
+    """Raise :class:`ConfigError` unless ``geometry`` holds ``channels`` microphone positions and
+    a camera (``width``, ``height``, ``fx``; optional ``cx``, ``cy``, ``fy``, ``x_m``,
+    ``height_m``, ``pitch_deg``)."""
+    if not isinstance(geometry, Mapping):
+        raise ConfigError('acoustic image: geometry (mic_positions_m + camera) is required')
+    mics = geometry.get('mic_positions_m')
+    try:
+        p = np.asarray(mics, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError('acoustic image: geometry.mic_positions_m must be a list of [x, y, z]') from None
+    if p.ndim != 2 or p.shape != (channels, 3) or not np.isfinite(p).all():
+        raise ConfigError(f'acoustic image: geometry.mic_positions_m must be {channels} finite [x, y, z] '
+                          f'positions, got shape {p.shape}')
+    cam = geometry.get('camera')
+    if not isinstance(cam, Mapping):
+        raise ConfigError('acoustic image: geometry.camera is required')
+    for k in ('width', 'height', 'fx'):
+        v = cam.get(k)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+            raise ConfigError(f'acoustic image: geometry.camera.{k} must be a positive number, got {v!r}')
+
+
+def column_directions(geometry: Mapping, columns: int, ref_distance_m: float = 15.0,
+                      source_height_m: float = 0.7) -> np.ndarray:
+    """(columns, 3) unit vectors (ego frame: x forward, y left, z up) from the array centre to
+    the point that column ``c``'s centre ray reaches at ``ref_distance_m``, at source height."""
+    cam = geometry['camera']
+    W, H = float(cam['width']), float(cam['height'])
+    fx = float(cam['fx'])
+    fy = float(cam.get('fy', fx))
+    cx = float(cam['cx']) if cam.get('cx') is not None else W / 2
+    cy = float(cam['cy']) if cam.get('cy') is not None else H / 2
+    th = math.radians(float(cam.get('pitch_deg', 0.0)))
+    cam_pos = np.array([float(cam.get('x_m', 0.0)), 0.0, float(cam.get('height_m', 1.5))])
+    fwd = np.array([math.cos(th), 0.0, -math.sin(th)])
+    right = np.array([0.0, -1.0, 0.0])
+    down = np.array([-math.sin(th), 0.0, -math.cos(th)])
+    u = (np.arange(columns) + 0.5) * W / columns
+    d_cam = np.stack([(u - cx) / fx, np.full(columns, (cy - cy) / fy), np.ones(columns)], axis=1)
+    rays = d_cam @ np.stack([right, down, fwd])                 # camera axes -> ego
+    rays /= np.linalg.norm(rays[:, :2], axis=1, keepdims=True)  # unit horizontal range
+    pts = cam_pos + ref_distance_m * rays
+    pts[:, 2] = source_height_m
+    centre = np.asarray(geometry['mic_positions_m'], np.float64).mean(axis=0)
+    s = pts - centre
+    return s / np.linalg.norm(s, axis=1, keepdims=True)
+
+
+def steering_delays(geometry: Mapping, directions: np.ndarray) -> np.ndarray:
+    """(D, M) seconds by which a plane wave from each direction reaches each microphone
+    *earlier* than the array centre: ``(p_m - centre) . s / c``."""
+    p = np.asarray(geometry['mic_positions_m'], np.float64)
+    c = float(geometry.get('speed_of_sound_mps', 343.0))
+    return (directions @ (p - p.mean(axis=0)).T) / c
+
+
+def _band_bins(bands_hz: Sequence[float], n_fft: int, sample_rate: int) -> Tuple[int, int, List[Tuple[int, int]]]:
+    """First and last+1 STFT bin used, and per band its ``[lo, hi)`` relative to the first."""
+    edges = [int(round(f * n_fft / sample_rate)) for f in bands_hz]
+    lo0, hi = edges[0], edges[-1]
+    out = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        if b <= a:
+            raise ConfigError(f'acoustic image: band {a * sample_rate / n_fft:.0f}-{b * sample_rate / n_fft:.0f} Hz '
+                              f'holds no STFT bin at n_fft {n_fft}; widen the bands')
+        out.append((a - lo0, b - lo0))
+    return lo0, hi, out
+
+
+class AcousticImage(torch.nn.Module):
+    """Complex STFT frames ``(B, M, T, F)`` -> features ``(B, 2 * n_bands, columns, T)``:
+    SRP-PHAT coherence for every band, then beam energy in dB for every band.
+
+    Differentiable and exportable (two real matmuls per band set; no complex tensors in the
+    graph: real and imaginary parts are passed separately by :meth:`forward_parts`)."""
+
+    def __init__(self, geometry: Mapping, channels: int, sample_rate: int, n_fft: int, columns: int,
+                 bands_hz: Sequence[float] = DEFAULT_BANDS_HZ, ref_distance_m: float = 15.0,
+                 source_height_m: float = 0.7, eps: float = 1e-12):
+        super().__init__()
+        validate_geometry(geometry, channels)
+        if columns < 1:
+            raise ConfigError(f'acoustic image: columns must be >= 1, got {columns}')
+        if len(bands_hz) < 2 or list(bands_hz) != sorted(bands_hz) or bands_hz[0] <= 0 \
+                or bands_hz[-1] > sample_rate / 2:
+            raise ConfigError(f'acoustic image: bands_hz must be increasing edges in (0, {sample_rate / 2}], '
+                              f'got {list(bands_hz)}')
+        self.channels, self.columns, self.eps = int(channels), int(columns), float(eps)
+        self.lo, self.hi, bands = _band_bins(bands_hz, n_fft, sample_rate)
+        self.n_bands = len(bands)
+        dirs = column_directions(geometry, columns, ref_distance_m, source_height_m)
+        tau = steering_delays(geometry, dirs)                                  # (D, M)
+        w = 2 * np.pi * np.arange(self.lo, self.hi) * sample_rate / n_fft      # (K,)
+        ph = -w[:, None, None] * tau[None]                                     # (K, D, M): a = e^{j ph}
+        # steering as real (K, 2M, 2D) blocks: [re; im] of X -> [re; im] of beam, per bin
+        ar, ai = np.cos(ph), np.sin(ph)
+        top = np.concatenate([ar, -ai], axis=2)                               # re(Y) from [Xr, Xi]
+        bot = np.concatenate([ai, ar], axis=2)                                # im(Y)
+        steer = np.concatenate([top, bot], axis=1).transpose(0, 2, 1)          # (K, 2M, 2D)
+        self.register_buffer('steer', torch.from_numpy(steer.astype(np.float32)), persistent=False)
+        band = np.zeros((self.hi - self.lo, self.n_bands), np.float32)        # bin -> band mean
+        for b, (a, c) in enumerate(bands):
+            band[a:c, b] = 1.0 / (c - a)
+        self.register_buffer('band_mean', torch.from_numpy(band), persistent=False)
+        self.m = float(channels)
+
+    @property
+    def out_channels(self) -> int:
+        return 2 * self.n_bands
+
+    def forward_parts(self, re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
+        """Real/imaginary STFT frames ``(B, M, T, F)`` -> ``(B, 2 * n_bands, columns, T)``.
+
+        One batched matmul per bin steers the raw and the PHAT-normalised frames together; one
+        matmul averages the beam powers over each band's bins."""
+        B, M, T, _ = re.shape
+        D, N = self.columns, B * T
+        x = torch.cat([re[..., self.lo:self.hi], im[..., self.lo:self.hi]], dim=1)   # (B, 2M, T, K)
+        x = x.permute(3, 0, 2, 1).reshape(-1, N, 2 * M)                             # (K, N, 2M)
+        mag = torch.sqrt(x[..., :M] ** 2 + x[..., M:] ** 2) + self.eps
+        z = torch.cat([x / mag.repeat(1, 1, 2), x], dim=1)                          # (K, 2N, 2M)
+        y = torch.bmm(z, self.steer)                                                 # (K, 2N, 2D)
+        power = y[..., :D] ** 2 + y[..., D:] ** 2                                    # (K, 2N, D)
+        band = (self.band_mean.T @ power.reshape(power.shape[0], -1)).view(-1, 2, N, D)   # (nb, 2, N, D)
+        m = self.m
+        srp = (band[:, 0] - m) / (m * (m - 1))
+        das = 10.0 * torch.log10(band[:, 1] / (m * m) + 1e-10)
+        out = torch.cat([srp, das], dim=0).view(2 * self.n_bands, B, T, D)
+        return out.permute(1, 0, 3, 2)
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        """Complex STFT frames ``(B, M, T, F)`` -> ``(B, 2 * n_bands, columns, T)``."""
+        return self.forward_parts(spec.real, spec.imag)
