@@ -2,7 +2,6 @@
 server starts; a port that is taken is refused the same way."""
 import socket
 
-
 from mmdistill_training.cli import main
 
 
