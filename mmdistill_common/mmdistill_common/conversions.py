@@ -232,5 +232,7 @@ def msg_to_attention(msg: AttentionPyramid) -> List[np.ndarray]:
         data = np.asarray(level.data, dtype=np.float32)
         if data.size != level.height * level.width:
             raise InputError(f'attention level of {level.height}x{level.width} carries {data.size} values')
+        if not np.all(np.isfinite(data)) or np.any(data < 0):     # mean |F|^r: finite and >= 0
+            raise InputError('attention map contains NaN, infinite or negative values')
         out.append(data.reshape(level.height, level.width))
     return out

@@ -26,6 +26,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from mmdistill_common.boxes import as_boxes, iou_matrix, nms
+from mmdistill_common.errors import InputError
 
 __all__ = ['DEFAULT_MODALITIES', 'FusedDetections', 'fuse_detections', 'weighted_boxes_fusion']
 
@@ -74,13 +75,16 @@ def _unpack(det) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[list]]:
                          'or a (boxes, scores[, labels]) tuple')
     b = as_boxes(boxes)
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    # bad data (InputError, a ValueError) is dropped by the nodes; anything else would stop them
     if len(s) != len(b):
-        raise ValueError(f'{len(b)} boxes but {len(s)} scores')
+        raise InputError(f'{len(b)} boxes but {len(s)} scores')
     l = np.zeros(len(b), np.int64) if labels is None else np.asarray(labels, np.int64).reshape(-1)
     if len(l) != len(b):
-        raise ValueError(f'{len(b)} boxes but {len(l)} labels')
+        raise InputError(f'{len(b)} boxes but {len(l)} labels')
     if not (np.all(np.isfinite(b)) and np.all(np.isfinite(s))):
-        raise ValueError('teacher boxes/scores contain NaN or inf')
+        raise InputError('teacher boxes/scores contain NaN or inf')
+    if np.any(b[:, 2] < b[:, 0]) or np.any(b[:, 3] < b[:, 1]):
+        raise InputError('teacher boxes with negative width or height')
     return b, s, l, att
 
 

@@ -6,7 +6,10 @@ simulator ground truth when asked. The layout is that of ``mmdistill label``
 ``mmdistill dataset build`` alike.
 
 Messages are taken as serialized CDR (``raw=True``) and written unchanged: nothing is
-decoded or re-encoded on the way. The log time is the message's header stamp by default
+re-encoded on the way. A raw subscription also hands over data that is no message at all (a
+broken driver's bytes, which a typed subscription never sees); such data is decoded once as a
+check, counted in ``dropped['undecodable']`` and left out, since one undecodable message would
+make every reader of the bag fail. The log time is the message's header stamp by default
 (``log_time=header``; the same as offline labelling, independent of transport delays) or
 the receive time. The bag is closed, and so readable, on shutdown, on SIGINT/SIGTERM and
 on any error. A SIGKILL or power loss costs at most the last ``flush_period`` s (the bag is flushed
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from rclpy.node import Node
+from rclpy.serialization import deserialize_message
 
 from mmdistill_common import topics
 from mmdistill_common.bagio import BagWriter, message_class
@@ -98,7 +102,9 @@ class RecorderNode(Node):
         self._split = self.p['max_bag_duration'] > 0 or self.p['max_bag_size'] > 0
         self.paths: List[Path] = []          # every bag written, in order
         self.counts: Dict[str, int] = {}
+        self.dropped: Dict[str, int] = {}
         self.topics = recorded_topics(self.p)
+        self._classes = {t: message_class(k) for t, k, _ in self.topics}
         self._latched_topics = {t for t, _, latched in self.topics if latched}
         self._latched: Dict[str, Tuple[bytes, int]] = {}    # last transient-local message per topic
         self.bag: Optional[BagWriter] = None
@@ -110,7 +116,7 @@ class RecorderNode(Node):
                 qos = stream_qos(self.p['audio_reliability'] if topic == topics.AUDIO else self.p['reliability'],
                                  depth=100)
             _, sub_events = incompatible_qos_warner(self, topic)
-            self.create_subscription(message_class(msgtype), topic,
+            self.create_subscription(self._classes[topic], topic,
                                      lambda data, t=topic, k=msgtype: self._write(t, k, data),
                                      qos, raw=True, event_callbacks=sub_events)
             self.counts[topic] = 0
@@ -152,6 +158,13 @@ class RecorderNode(Node):
 
     def _write(self, topic: str, msgtype: str, data: bytes) -> None:
         if self.bag is None:
+            return
+        try:
+            deserialize_message(data, self._classes[topic])
+        except Exception:       # noqa: BLE001 - rclpy raises RMWError (and others) for bytes that are no message
+            self.dropped['undecodable'] = self.dropped.get('undecodable', 0) + 1
+            self.get_logger().warning(f'{topic}: dropped data that is no {msgtype} '
+                                      f'({self.dropped["undecodable"]} so far)', throttle_duration_sec=5.0)
             return
         stamp = None
         if self.p['log_time'] == 'header' and msgtype not in _NO_HEADER:
