@@ -83,9 +83,11 @@ def write_demo_report(out: Path, plan, quick: bool, drives: List[str], split: Di
     rows = {r['name']: r for r in (abl or {}).get('rows', [])}
     L += ['## Headline: audio-only detection on the held-out test drives', '']
     if abl:
-        L += [f'{abl["frames"]} test frames. Against the simulator ground truth (GT) and the fused teacher '
-              'pseudo-labels (PL), the paper\'s protocol. AP@0.5 and mAP@Avg (IoU 0.50:0.05:0.90), CDx/CDy = '
-              'centre distance of matched boxes in % of image width/height.', '']
+        L += [f'{abl["frames"]} test frames. Against the simulator ground truth (GT: vehicles seen by a camera, '
+              '≥ 8 px tall and audible; the evaluation rule of the README), against the GT of other frames '
+              '(shuffled: the prior check) and against the fused teacher pseudo-labels (PL), the paper\'s protocol. '
+              'AP@0.5 and mAP@Avg (IoU 0.50:0.05:0.90), CDx/CDy = centre distance of matched boxes in % of image '
+              'width/height.', '']
         L += (out / 'ablation' / 'table.md').read_text().splitlines() + ['']
         ours, classical = rows.get('ours'), rows.get('classical-srp')
         if ours and classical:
