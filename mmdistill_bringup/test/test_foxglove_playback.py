@@ -123,3 +123,7 @@ def test_bag_exported_to_mcap(bag, student, tmp_path):
     assert len(seen['/view/ground_truth']) == 16 and len(seen['/view/camera']) == 16
     for log_time, ann in seen['/view/ground_truth']:
         np.testing.assert_allclose(boxes_of(ann), truth_boxes((log_time - T0) // 10**8), atol=1e-4)
+    # the README still is drawn from such a file
+    from mmdistill_bringup.foxglove_preview import main as preview
+    assert preview([str(out), str(tmp_path / 'view.png'), '--time', '1.2']) == 0
+    assert (tmp_path / 'view.png').stat().st_size > 10_000
