@@ -175,6 +175,7 @@ def main(argv=None) -> int:
 
     from mmdistill_bringup.acoustic_map import ArrayGeometry
     from mmdistill_bringup.foxglove_client import FoxgloveClient
+    from mmdistill_bringup.foxglove_view import VIEW_CHANNELS
     geometry = ArrayGeometry.from_scenario()
     result = {'benchmark': 'view', 'machine': machine_info(), 'rate_hz': 10.0,
               'image': [geometry.width, geometry.height], 'conversions_ms': conversion_costs(geometry)}
@@ -203,7 +204,7 @@ def main(argv=None) -> int:
                     raise RuntimeError(f'mmdistill view did not start: {proc.stderr.read() if proc.poll() else ""}')
                 time.sleep(0.3)
         with client:
-            client.wait(lambda c: len(c.channels) >= 11, timeout=10)
+            client.wait(lambda c: set(VIEW_CHANNELS) <= set(c.channels), timeout=10)
             client.subscribe()
             time.sleep(2.0)                                          # imports and discovery settle
             result['idle'] = measure(proc, client, a.idle)

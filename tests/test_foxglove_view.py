@@ -13,7 +13,7 @@ from vision_msgs.msg import Detection2DArray
 from visualization_msgs.msg import MarkerArray
 
 from mmdistill_bringup.foxglove_client import FoxgloveClient
-from mmdistill_bringup.foxglove_view import VIEW_CHANNELS, FoxgloveView
+from mmdistill_bringup.foxglove_view import STUDENT_ACOUSTIC_TOPIC, VIEW_CHANNELS, FoxgloveView
 from mmdistill_bringup.view_node import ViewNode
 from mmdistill_common import topics as T
 from mmdistill_common.conversions import audio_info, audio_to_msg, detections_to_msg, image_to_msg, make_header
@@ -45,7 +45,8 @@ def test_live_graph_topics_reach_a_websocket_client(executor, ros):
         (T.STUDENT_DETECTIONS, Detection2DArray), (T.TRACKS, Detection2DArray), (T.GROUND_TRUTH, Detection2DArray),
         (T.teacher_detections_topic('rgb'), Detection2DArray), (T.teacher_detections_topic('depth'), Detection2DArray),
         (T.teacher_detections_topic('thermal'), Detection2DArray), (T.PSEUDO_LABELS, PseudoLabel),
-        (T.image_topic('rgb'), Image), (T.TRACK_MARKERS, MarkerArray), (T.AUDIO, AudioDataStamped)]}
+        (T.image_topic('rgb'), Image), (T.TRACK_MARKERS, MarkerArray), (T.AUDIO, AudioDataStamped),
+        (STUDENT_ACOUSTIC_TOPIC, Image)]}
     info_pub = src.create_publisher(AudioInfo, T.AUDIO_INFO, latched_qos())
     info_pub.publish(audio_info(8, SR))
     w, h = view.geometry.width, view.geometry.height
@@ -56,6 +57,7 @@ def test_live_graph_topics_reach_a_websocket_client(executor, ros):
     camera = image_to_msg(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), 'rgb8', stamp_ns=10**9)
     markers = MarkerArray(markers=[marker_msg(s, make_header(10**9, 'image_plane'))
                                    for s in track_markers([[11, 21, 61, 71]], ['7'])])
+    acoustic = image_to_msg(rng.integers(0, 255, (40, 96, 3), dtype=np.uint8), 'rgb8', stamp_ns=10**9)
     pseudo = PseudoLabel(header=make_header(10**9), detections=detections_to_msg([[5, 5, 25, 30]], [0.8]))
     audio = (rng.standard_normal((int(0.6 * SR), 8)) * 3000).astype(np.int16)
     try:
@@ -78,6 +80,7 @@ def test_live_graph_topics_reach_a_websocket_client(executor, ros):
                 pubs[T.PSEUDO_LABELS].publish(pseudo)
                 pubs[T.image_topic('rgb')].publish(camera)
                 pubs[T.TRACK_MARKERS].publish(markers)
+                pubs[STUDENT_ACOUSTIC_TOPIC].publish(acoustic)
                 chunk = int(0.1 * SR)
                 start = (k * chunk) % (len(audio) - chunk)
                 pubs[T.AUDIO].publish(audio_to_msg(audio[start:start + chunk], t0))
@@ -109,6 +112,8 @@ def test_live_graph_topics_reach_a_websocket_client(executor, ros):
     assert got['/view/camera'].format in ('jpeg', 'png') and img.shape == (h, w, 3)
     heat = got['/view/acoustic']
     assert heat.encoding == 'rgb8' and heat.width == 2 * 96 and len(heat.data) == heat.step * heat.height
+    student_heat = got['/view/student_acoustic']
+    assert (student_heat.width, student_heat.height) == (96, 40) and student_heat.data == bytes(acoustic.data)
     levels = got['/view/audio_levels']
     assert len(levels['rms_dbfs']) == 8 and all(-25 < v < -15 for v in levels['rms_dbfs'])   # 3000/32768 -> -20.8 dB
     scene = got['/view/scene']

@@ -20,6 +20,8 @@ channel                     schema                      from
 ``/view/pseudo_labels``     ``foxglove.ImageAnnotations`` ``/pseudo_labels``
 ``/view/ground_truth``      ``foxglove.ImageAnnotations`` ``/sim/ground_truth`` (``#vehicle id class``)
 ``/view/acoustic``          ``foxglove.RawImage``         SRP-PHAT bearing-time heat map of the audio
+``/view/student_acoustic``  ``foxglove.RawImage``         the student's own acoustic image, where it
+                                                        publishes one (``/student/acoustic_image``)
 ``/view/scene``             ``foxglove.SceneUpdate``      ``/tracking/markers``
 ``/view/audio_levels``      ``mmdistill.AudioLevels``     per-microphone RMS / peak dBFS (JSON)
 ==========================  ==========================  ============================================
@@ -44,6 +46,9 @@ TRACKS = '/view/tracks'
 PSEUDO = '/view/pseudo_labels'
 TRUTH = '/view/ground_truth'
 ACOUSTIC = '/view/acoustic'
+STUDENT_ACOUSTIC = '/view/student_acoustic'
+#: rgb8 acoustic image of an acoustic-image student (student_node ``publish_acoustic_image``)
+STUDENT_ACOUSTIC_TOPIC = '/student/acoustic_image'
 SCENE = '/view/scene'
 LEVELS = '/view/audio_levels'
 
@@ -61,6 +66,7 @@ VIEW_CHANNELS: Dict[str, str] = {
     PSEUDO: 'foxglove.ImageAnnotations',
     TRUTH: 'foxglove.ImageAnnotations',
     ACOUSTIC: 'foxglove.RawImage',
+    STUDENT_ACOUSTIC: 'foxglove.RawImage',
     SCENE: 'foxglove.SceneUpdate',
     LEVELS: F.AUDIO_LEVELS_SCHEMA_NAME,
 }
@@ -68,7 +74,7 @@ VIEW_CHANNELS: Dict[str, str] = {
 #: graph topics the view reads (the live node subscribes exactly these)
 SOURCE_TOPICS: Tuple[str, ...] = (T.image_topic('rgb'), T.STUDENT_DETECTIONS, T.TRACKS, T.TRACK_MARKERS,
                                   *(T.teacher_detections_topic(m) for m in T.CAMERAS), T.PSEUDO_LABELS,
-                                  T.GROUND_TRUTH, T.AUDIO_INFO, T.AUDIO)
+                                  T.GROUND_TRUTH, T.AUDIO_INFO, T.AUDIO, STUDENT_ACOUSTIC_TOPIC)
 
 #: one colour per box source (RGBA in [0, 1]); tracks are coloured by id instead
 BOX_COLORS = {
@@ -190,6 +196,9 @@ class FoxgloveView:
             stamp = stamp_to_ns(msg.header.stamp)
             self._last_camera_ns = stamp
             self._log(CAMERA, F.compressed_image(msg_to_image(msg), stamp, msg.header.frame_id or 'camera'),
+                      log_time_ns)
+        elif topic == STUDENT_ACOUSTIC_TOPIC:
+            self._log(STUDENT_ACOUSTIC, F.raw_image(msg_to_image(msg), stamp_to_ns(msg.header.stamp), 'acoustic'),
                       log_time_ns)
         elif topic == T.TRACK_MARKERS:
             specs = marker_specs(msg)

@@ -14,7 +14,7 @@ from mmdistill_common.bagio import message_class
 from mmdistill_common.errors import MmdistillError
 from mmdistill_common.qos import latched_qos, stream_qos
 
-from .foxglove_view import SOURCE_TOPICS, FoxgloveView
+from .foxglove_view import SOURCE_TOPICS, STUDENT_ACOUSTIC_TOPIC, FoxgloveView
 
 __all__ = ['ViewNode', 'TOPIC_TYPES']
 
@@ -29,6 +29,7 @@ TOPIC_TYPES = {
     T.GROUND_TRUTH: 'vision_msgs/msg/Detection2DArray',
     T.AUDIO_INFO: 'audio_common_msgs/msg/AudioInfo',
     T.AUDIO: 'audio_common_msgs/msg/AudioDataStamped',
+    STUDENT_ACOUSTIC_TOPIC: 'sensor_msgs/msg/Image',
 }
 
 
