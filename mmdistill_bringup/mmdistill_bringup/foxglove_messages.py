@@ -21,15 +21,16 @@ import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from foxglove.messages import (Color, CompressedImage, ImageAnnotations, LinePrimitive, LinePrimitiveLineType, Point2, Point3,
-                               PointsAnnotation, PointsAnnotationType, Pose, Quaternion, RawImage, SceneEntity,
-                               SceneEntityDeletion, SceneEntityDeletionType, SceneUpdate, TextAnnotation,
-                               TextPrimitive, Timestamp, Vector3)
+from foxglove.messages import (Color, CompressedImage, ImageAnnotations, LinePrimitive, LinePrimitiveLineType,
+                               Point2, Point3, PointsAnnotation, PointsAnnotationType, Pose, Quaternion, RawImage,
+                               SceneEntity, SceneEntityDeletion, SceneEntityDeletionType, SceneUpdate,
+                               TextAnnotation, TextPrimitive, Timestamp, Vector3)
 
 from mmdistill_tracking.visualization import MarkerSpec, track_color
 
-__all__ = ['timestamp', 'rgba', 'box_annotations', 'box_corners', 'raw_image', 'encode_image', 'compressed_image', 'heatmap_image', 'scene_update',
-           'audio_levels', 'audio_levels_schema_bytes', 'AUDIO_LEVELS_SCHEMA', 'AUDIO_LEVELS_SCHEMA_NAME', 'colormap']
+__all__ = ['timestamp', 'rgba', 'box_annotations', 'box_corners', 'raw_image', 'encode_image', 'compressed_image',
+           'heatmap_image', 'scene_update', 'audio_levels', 'audio_levels_schema_bytes', 'AUDIO_LEVELS_SCHEMA',
+           'AUDIO_LEVELS_SCHEMA_NAME', 'colormap']
 
 RGBA = Tuple[float, float, float, float]
 
