@@ -119,3 +119,53 @@ def test_live_graph_topics_reach_a_websocket_client(executor, ros):
     scene = got['/view/scene']
     assert scene.deletions and {e.id for e in scene.entities} == {'tracks/7', 'track_ids/7'}
     assert any(e.lines for e in scene.entities) and any(t.text == '#7' for e in scene.entities for t in e.texts)
+
+
+@pytest.mark.slow
+def test_bringup_car_view_serves_the_graph(executor, ros, tmp_path):
+    """``mmdistill-bringup car --view`` in a child process: detections published here go through its
+    tracking_node, and its view serves them, the tracks and the markers to a WebSocket client."""
+    import socket
+    import subprocess
+
+    import torch
+
+    from mmdistill_common.testing import stop_process
+    from mmdistill_student.checkpoint import save_checkpoint
+    from mmdistill_student.model import StudentConfig, StudentDetector
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(StudentDetector(StudentConfig(
+        encoder=dict(widths=(8, 16), embed_dim=32, out_channels=16, dropout=0.0), head_width=16, head_convs=1)),
+        tmp_path / 'ckpt')
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(['mmdistill-bringup', 'car', '--view', '--view-port', str(port), f'checkpoint:={ckpt}',
+                             '-p', 'tracking_node.start_score:=0.0'], stderr=subprocess.PIPE, text=True)
+    src = executor.add(ros.create_node('bringup_view_source'))
+    pub = src.create_publisher(Detection2DArray, T.STUDENT_DETECTIONS, stream_qos())
+    try:
+        assert wait_for(lambda: proc.poll() is None and _connects(port), timeout=60), 'no view server'
+        with FoxgloveClient(port) as client:
+            assert client.wait(lambda c: set(VIEW_CHANNELS) <= set(c.channels), timeout=10)
+            client.subscribe()
+            k = 0
+
+            def served(c):
+                nonlocal k
+                k += 1
+                pub.publish(detections_to_msg([[100, 30, 160, 80]], [0.9], stamp_ns=10**9 + k * 10**8))
+                return all(len(c.received.get(t, [])) >= 2 for t in
+                           ('/view/student', '/view/tracks', '/view/scene', '/view/camera'))
+            assert client.wait(served, timeout=30), {t: len(v) for t, v in client.received.items()}
+    finally:
+        rc = stop_process(proc)
+    assert rc == 0, proc.stderr.read()[-2000:]
+    ann = client.received['/view/tracks'][-1][1]
+    assert annotation_boxes(ann).shape == (1, 4) and ann.texts[0].text.startswith('#')
+
+
+def _connects(port: int) -> bool:
+    import socket
+    with socket.socket() as s:
+        return s.connect_ex(('127.0.0.1', port)) == 0
