@@ -117,21 +117,34 @@ def _damaged_storage(bag: Path) -> Path:
     return files[0]
 
 
+def _complete_report(bag: Path) -> Optional[RecoveryReport]:
+    """The report of a bag that opens and reads to its end, or None when it does not."""
+    from .bagio import BagReader
+    try:
+        with BagReader(bag) as reader:
+            counts: Dict[str, int] = {}
+            for m in reader.messages():
+                counts[m.topic] = counts.get(m.topic, 0) + 1
+    except InputError:
+        return None
+    files = storage_files(bag)
+    return RecoveryReport(str(bag), STORAGE_SUFFIXES[files[0].suffix] if files else 'unknown', 'complete', counts)
+
+
 def recover_bag(bag) -> RecoveryReport:
     """Make ``bag`` a complete rosbag2 bag again from what its killed writer left on disk.
 
-    A bag that already has its ``metadata.yaml`` is left alone (status ``complete``). Raises
+    A bag that reads to its end is left alone (status ``complete``); one whose ``metadata.yaml``
+    exists but whose storage file is truncated or damaged is rebuilt like a killed one (the old
+    metadata kept as ``metadata.yaml.damaged``). Raises
     ``InputError`` (nothing changed) when ``bag`` is no bag directory or holds no readable data."""
     bag = Path(bag)
     if not bag.is_dir():
         raise InputError(f'bag {bag} does not exist or is not a directory')
     if (bag / METADATA_FILE).exists():
-        from .bagio import BagReader
-        with BagReader(bag) as reader:
-            counts = {t: n for t, (_, n) in reader.topics.items()}
-        files = storage_files(bag)
-        storage = STORAGE_SUFFIXES[files[0].suffix] if files else 'unknown'
-        return RecoveryReport(str(bag), storage, 'complete', counts)
+        report = _complete_report(bag)
+        if report is not None:
+            return report
     damaged = _damaged_storage(bag)
     name = damaged.name[:-len(DAMAGED_SUFFIX)] if damaged.name.endswith(DAMAGED_SUFFIX) else damaged.name
     storage = STORAGE_SUFFIXES[Path(name).suffix]
@@ -161,6 +174,8 @@ def recover_bag(bag) -> RecoveryReport:
     if damaged != kept:
         damaged.rename(kept)
     (tmp / name).rename(bag / name)
+    if (bag / METADATA_FILE).exists():
+        (bag / METADATA_FILE).rename(bag / (METADATA_FILE + DAMAGED_SUFFIX))
     (tmp / METADATA_FILE).rename(bag / METADATA_FILE)      # last: the bag is complete from here on
     shutil.rmtree(work)
     report.damaged_file = str(kept)

@@ -73,3 +73,16 @@ def test_recover_refuses_non_bags(tmp_path):
     with pytest.raises(InputError, match='no complete chunk'):
         recover_bag(tmp_path / 'junk')
     assert sorted(p.name for p in (tmp_path / 'junk').iterdir()) == ['junk.mcap']
+
+
+def test_closed_bag_truncated_later_is_rebuilt(tmp_path):
+    w = _write_killed(tmp_path / 'bag', 'mcap', n=40)
+    w.close()
+    f = tmp_path / 'bag' / 'bag.mcap'
+    f.write_bytes(f.read_bytes()[:f.stat().st_size * 2 // 3])       # a copy cut short, metadata intact
+    with pytest.raises(InputError):
+        BagReader(tmp_path / 'bag')
+    report = recover_bag(tmp_path / 'bag')
+    assert report.status == 'recovered' and (tmp_path / 'bag' / 'metadata.yaml.damaged').exists()
+    got = _audio_indices(tmp_path / 'bag')
+    assert 0 < len(got) < 40 and got == list(range(len(got)))
