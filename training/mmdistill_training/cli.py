@@ -65,7 +65,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(module.run(args) or 0)
     except MmdistillError as exc:
-        print(f'mmdistill {args.command}: error: {exc}', file=sys.stderr)
+        message = ' '.join(str(exc).split())       # one line, also for multi-line YAML errors
+        print(f'mmdistill {args.command}: error: {message}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f'mmdistill {args.command}: interrupted', file=sys.stderr)
