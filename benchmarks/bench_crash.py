@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         k = 0
         while sum(1 for t in trials if t['writer'] == 'mmdistill sim') < args.kills:
             storage = 'mcap' if k % 2 == 0 else 'sqlite3'
-            r = sim_trial(work / f'sim{k}', rng.uniform(3.0, 15.0), duration_s=60.0, storage=storage, seed=k)
+            r = sim_trial(work / f'sim{k}', rng.uniform(0.2, 10.0), duration_s=60.0, storage=storage, seed=k)
             k += 1
             if r is None:
                 continue

@@ -20,7 +20,7 @@ def test_recorder_killed_bag_is_recovered(executor, tmp_path, storage):
 
 
 def test_sim_killed_bag_is_recovered(tmp_path):
-    r = sim_trial(tmp_path / 'sim', kill_after_s=random.Random().uniform(5.0, 7.0), duration_s=30.0)
+    r = sim_trial(tmp_path / 'sim', kill_after_s=random.Random().uniform(1.0, 3.0), duration_s=30.0)
     assert r is not None, 'the simulation finished before the kill'
     assert r['prefix_intact'], r
     assert r['independent_reader_count'] == r['recovered'], r

@@ -111,15 +111,18 @@ def recorder_trial(executor, out: Path, run_s: float, storage: str = 'mcap', rat
 
 
 def sim_trial(out: Path, kill_after_s: float, scenario: str = 'day-static', duration_s: float = 20.0,
-              storage: str = 'mcap', images: bool = True, seed: int = 0) -> Optional[dict]:
-    """SIGKILL ``mmdistill sim`` after ``kill_after_s`` s, recover and compare with a clean run
-    of the same seeded scenario; None when the simulation finished before the kill."""
-    from mmdistill_common.testing import assert_msg_equal
+              storage: str = 'mcap', images: bool = True, seed: int = 0, start_timeout: float = 300.0) -> Optional[dict]:
+    """SIGKILL ``mmdistill sim`` ``kill_after_s`` s after it created its bag file, recover and compare
+    with a clean run of the same seeded scenario; None when the simulation finished before the kill."""
+    from mmdistill_common.bagio import storage_files
+    from mmdistill_common.testing import assert_msg_equal, wait_for
     cmd = [sys.executable, '-m', 'mmdistill_training.cli', 'sim', '--scenario', scenario, '--out', str(out),
            '--duration', str(duration_s), '--seed', str(seed), '--storage', storage]
     if not images:
         cmd.append('--no-images')
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the start-up (imports) takes seconds and varies with the load: time the kill from the bag's creation
+    wait_for(lambda: proc.poll() is not None or (out.is_dir() and bool(storage_files(out))), start_timeout, 0.01)
     try:
         proc.wait(timeout=kill_after_s)
         return None
