@@ -132,6 +132,7 @@ class RecorderNode(Node):
         self.bag = BagWriter(path, storage=self.p['storage'], flush_period_s=self.p['flush_period'])
         self.paths.append(path)
         self._opened = time.monotonic()
+        self._received_in_split = 0          # a split without new messages is never closed
         for topic, msgtype, latched in self.topics:
             self.bag.add_topic(topic, msgtype, transient_local=latched)
         for topic, (data, stamp) in self._latched.items():
@@ -139,7 +140,7 @@ class RecorderNode(Node):
 
     def _split_due(self) -> bool:
         p = self.p
-        return self._split and (
+        return self._split and self._received_in_split > 0 and (
             (p['max_bag_duration'] > 0 and time.monotonic() - self._opened >= p['max_bag_duration']) or
             (p['max_bag_size'] > 0 and self.bag.bytes_written >= p['max_bag_size']))
 
@@ -175,6 +176,7 @@ class RecorderNode(Node):
             self._next_split()
         self.bag.write_cdr(topic, data, stamp)
         self.counts[topic] += 1
+        self._received_in_split += 1
         if topic in self._latched_topics:
             self._latched[topic] = (bytes(data), stamp)
 

@@ -88,3 +88,35 @@ def test_recorder_refuses_existing_output(tmp_path):
     proc = start_node('mmdistill_teachers.recorder_node', f'output:={tmp_path / "exists"}')
     rc = proc.wait(timeout=60)
     assert rc == 2 and 'already exists' in proc.stderr.read()
+
+
+def test_recorder_splits_by_duration_into_complete_bags(executor, tmp_path):
+    """max_bag_duration: consecutive complete bags {output}_0, _1, ..., each with the audio_info,
+    together holding every chunk once."""
+    from mmdistill_common.conversions import msg_to_audio
+    proc = start_node('mmdistill_teachers.recorder_node', f'output:={tmp_path / "rec"}', 'max_bag_duration:=1.0',
+                      'record_teacher_detections:=false')
+    src = executor.add(Node('split_source'))
+    info_pub = src.create_publisher(AudioInfo, topics.AUDIO_INFO, latched_qos())
+    audio = src.create_publisher(AudioDataStamped, topics.AUDIO, stream_qos())
+    info_pub.publish(audio_info(8, 44100))
+    try:
+        assert wait_for(lambda: audio.get_subscription_count() >= 1 and info_pub.get_subscription_count() >= 1,
+                        timeout=30), proc.stderr.read()
+        wait_for(lambda: False, timeout=0.5)      # the latched audio_info reaches the recorder first
+        for k in range(80):                       # 3.2 s at 25 Hz
+            audio.publish(audio_to_msg(np.full((1764, 8), k, np.int16), 10**9 + k * 40 * MS))
+            wait_for(lambda: False, timeout=0.04)
+        wait_for(lambda: False, timeout=1.0)
+    finally:
+        rc = stop_process(proc, timeout=20)
+    assert rc == 0, proc.stderr.read()
+    bags = sorted(tmp_path.glob('rec_*'), key=lambda p: int(p.name.split('_')[1]))
+    assert len(bags) >= 3 and not (tmp_path / 'rec').exists()
+    got = []
+    for bag in bags:
+        with BagReader(bag) as reader:
+            msgs = reader.read_all()
+        assert len(msgs.get(topics.AUDIO_INFO, [])) == 1, (bag, {t: len(v) for t, v in msgs.items()})
+        got += [int(msg_to_audio(m.msg, 8)[0, 0]) for m in msgs.get(topics.AUDIO, [])]
+    assert got == list(range(80))
