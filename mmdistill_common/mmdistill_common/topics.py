@@ -18,6 +18,7 @@ SIM_TRUTH = '/sim/truth'                      # mmdistill_msgs/SimTruth, per-veh
 CLOCK = '/clock'
 PSEUDO_LABELS = '/pseudo_labels'
 STUDENT_DETECTIONS = '/student/detections'
+STUDENT_ACOUSTIC_IMAGE = '/student/acoustic_image'    # rgb8 heat map (publish_acoustic_image)
 TRACKS = '/tracking/tracks'
 TRACK_MARKERS = '/tracking/markers'
 TRACK_IMAGE = '/tracking/image'

@@ -36,7 +36,7 @@ import torch
 from mmdistill_common.errors import ConfigError
 
 __all__ = ['DEFAULT_BANDS_HZ', 'column_directions', 'steering_delays', 'AcousticImage',
-           'validate_geometry']
+           'validate_geometry', 'heatmap']
 
 #: band edges (Hz): low bands carry the engine harmonics and the ground notch of near vehicles,
 #: high bands the tyre noise and the finest direction (aliasing-tolerant once summed).
@@ -177,3 +177,17 @@ class AcousticImage(torch.nn.Module):
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         """Complex STFT frames ``(B, M, T, F)`` -> ``(B, 2 * n_bands, columns, T)``."""
         return self.forward_parts(spec.real, spec.imag)
+
+
+def heatmap(features: np.ndarray, n_bands: int, height: Optional[int] = None) -> np.ndarray:
+    """Acoustic-image features ``(2 * n_bands, columns, T)`` -> rgb8 ``(T or height, columns, 3)``
+    heat map of the band-mean SRP-PHAT coherence: one image column per camera column, time
+    running down (newest frame at the bottom), scaled to the window's own range (inferno)."""
+    from matplotlib import colormaps
+    srp = np.asarray(features, np.float32)[:n_bands].mean(axis=0).T           # (T, columns)
+    lo, hi = float(srp.min()), float(srp.max())
+    norm = (srp - lo) / (hi - lo) if hi > lo else np.zeros_like(srp)
+    if height is not None and height != norm.shape[0]:
+        rows = np.linspace(0, norm.shape[0] - 1, height).round().astype(int)
+        norm = norm[rows]
+    return (colormaps['inferno'](norm)[..., :3] * 255).astype(np.uint8)

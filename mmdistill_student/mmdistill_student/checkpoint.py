@@ -88,13 +88,19 @@ def read_checkpoint_metadata(directory: PathLike) -> dict:
     return meta
 
 
-def load_checkpoint(directory: PathLike, device: Union[str, torch.device] = 'cpu'
-                    ) -> Tuple[StudentDetector, dict]:
+def load_checkpoint(directory: PathLike, device: Union[str, torch.device] = 'cpu',
+                    geometry: Optional[dict] = None) -> Tuple[StudentDetector, dict]:
     """Rebuild the student from ``directory`` -> ``(model in eval mode, metadata)``; a config or
-    tensors that do not fit raise :class:`ConfigError` with one line."""
+    tensors that do not fit raise :class:`ConfigError` with one line. ``geometry`` (a calibration,
+    see :mod:`.calibration`) replaces the stored array/camera geometry of an acoustic-image
+    student: the same network steered for another car's array and camera."""
     directory = Path(directory)
     path = directory / MODEL_FILE if directory.is_dir() else directory
     meta = read_checkpoint_metadata(directory)
+    if geometry is not None:
+        if meta['config'].get('frontend', {}).get('kind') != 'acoustic_image':
+            raise ConfigError(f'{path}: a calibration applies to acoustic-image students only')
+        meta = dict(meta, config=dict(meta['config'], frontend=dict(meta['config']['frontend'], geometry=geometry)))
     try:
         model = StudentDetector(StudentConfig.from_dict(meta['config']))
     except (TypeError, ValueError, KeyError) as e:

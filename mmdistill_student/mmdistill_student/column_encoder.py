@@ -7,7 +7,8 @@ moves by one column moves the output by one column. The time axis is kept until 
 read-out at the frame time, so the network sees the bearing trajectory across the window (its
 rate and curvature carry distance for a moving source) instead of pooling it away.
 
-1. ``BatchNorm2d(C_in)`` on the input (SRP coherence and dB energies on one scale).
+1. ``BatchNorm2d(C_in)`` on the input (SRP coherence and dB energies on one scale), then a
+   ``time_pool`` average over time (the STFT frames are finer than the bearing changes).
 2. ``len(widths)`` conv stages over (column, time), each a 3x3 conv with stride 2 in time only,
    BN + ReLU: columns stay at full resolution.
 3. A learned linear read-out over the remaining time steps (a ``(1, T')`` convolution, shared by
@@ -16,7 +17,8 @@ rate and curvature carry distance for a moving source) instead of pooling it awa
    convolutions along x (dilations 1, 2, 4, ...).
 4. The vertical axis and box size come from per-column features: a 1x1 map per column to
    ``out_channels x H3`` (the P3 rows of that column), resampled to the P3 width; P4 and P5
-   are 2x2 average-pooled levels, each refined by a 3x3 conv.
+   are 2x2 average-pooled levels, each refined by a 1x1 conv (the detection head's 3x3 output
+   convs add the local context; everything stays within a few milliseconds per window).
 
 ``forward(x, return_embedding=False)`` as :class:`~.encoder.AudioEncoder`; the embedding (mean
 and max over columns of the per-column features) feeds the counting pretext.
@@ -38,16 +40,17 @@ __all__ = ['ColumnEncoderConfig', 'ColumnEncoder']
 @dataclasses.dataclass
 class ColumnEncoderConfig:
     """``in_channels``/``columns``/``n_frames``: input size (derived from the front end);
-    ``widths``: channels of the (column, time) stages, each halving time; ``column_depth``:
+    ``time_pool``: frames averaged before the stages; ``widths``: channels of the (column, time) stages, each halving time; ``column_depth``:
     residual 1-D convs along x; ``out_channels``: channels of every pyramid level;
     ``image_size``: (W, H); ``strides``: pyramid strides (P3, P4, P5)."""
 
     in_channels: int = 16
     columns: int = 48
     n_frames: int = 87
-    widths: Tuple[int, ...] = (24, 32, 48)
+    time_pool: int = 2
+    widths: Tuple[int, ...] = (16, 24, 32)
     column_depth: int = 3
-    out_channels: int = 48
+    out_channels: int = 32
     image_size: Tuple[int, int] = (384, 128)
     strides: Tuple[int, ...] = (8, 16, 32)
     dropout: float = 0.1
@@ -62,7 +65,7 @@ class ColumnEncoderConfig:
     def validate(self) -> 'ColumnEncoderConfig':
         def bad(msg):
             raise ConfigError(f'ColumnEncoderConfig: {msg}')
-        for name in ('in_channels', 'columns', 'n_frames', 'out_channels'):
+        for name in ('in_channels', 'columns', 'n_frames', 'out_channels', 'time_pool'):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 bad(f'{name} must be a positive integer, got {v!r}')
@@ -87,7 +90,7 @@ class ColumnEncoderConfig:
 
     @property
     def time_steps(self) -> int:
-        t = self.n_frames
+        t = -(-self.n_frames // self.time_pool)
         for _ in self.widths:
             t = (t + 1) // 2
         return t
@@ -152,8 +155,8 @@ class ColumnEncoder(nn.Module):
         self.to_rows = nn.Conv1d(C, O * h3, 1)
         self.row_pos = nn.Parameter(torch.zeros(1, O, h3, 1))
         self.p3 = nn.Sequential(nn.BatchNorm2d(O), nn.ReLU(inplace=True))
-        self.p4 = nn.Sequential(nn.Conv2d(O, O, 3, 1, 1, bias=False), nn.BatchNorm2d(O), nn.ReLU(inplace=True))
-        self.p5 = nn.Sequential(nn.Conv2d(O, O, 3, 1, 1, bias=False), nn.BatchNorm2d(O), nn.ReLU(inplace=True))
+        self.p4 = nn.Sequential(nn.Conv2d(O, O, 1, bias=False), nn.BatchNorm2d(O), nn.ReLU(inplace=True))
+        self.p5 = nn.Sequential(nn.Conv2d(O, O, 1, bias=False), nn.BatchNorm2d(O), nn.ReLU(inplace=True))
 
     def column_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, columns, T)`` -> ``(B, C, columns)``."""
@@ -161,7 +164,10 @@ class ColumnEncoder(nn.Module):
         if x.ndim != 4 or x.shape[1] != cfg.in_channels or x.shape[2] != cfg.columns:
             raise ConfigError(f'ColumnEncoder expects (B, {cfg.in_channels}, {cfg.columns}, T), '
                               f'got {tuple(x.shape)}')
-        h = self.readout(self.stages(self.input_norm(x))).squeeze(-1)       # (B, C, columns)
+        x = self.input_norm(x)
+        if self.cfg.time_pool > 1:
+            x = F.avg_pool2d(x, (1, self.cfg.time_pool), ceil_mode=True)
+        h = self.readout(self.stages(x)).squeeze(-1)                        # (B, C, columns)
         h = F.relu(h + self.context(h.mean(dim=2, keepdim=True)))
         return self.columns_net(h)
 

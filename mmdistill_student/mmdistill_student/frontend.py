@@ -735,8 +735,13 @@ class StreamingFrontend:
                 self._cache[base + k] = img[..., i]
             self.frames_computed += len(missing)
         edge = list(range(0, self._k_lo)) + list(range(self._k_hi + 1, cfg.n_frames))
-        all_frames = lm.frames(torch.from_numpy(x))
-        e_img = ai(lm.spectra(all_frames[:, edge])[None])[0]
+        half, n = cfg.n_fft // 2, x.shape[1]
+        segs = np.zeros((x.shape[0], len(edge), cfg.n_fft), np.float32)    # zero-padded edge frames only
+        for i, k in enumerate(edge):
+            a = k * cfg.hop - half
+            lo, hi = max(0, a), min(n, a + cfg.n_fft)
+            segs[:, i, lo - a:hi - a] = x[:, lo:hi]
+        e_img = ai(lm.spectra(torch.from_numpy(segs))[None])[0]
         self.frames_computed += len(edge)
         cols: List[Optional[torch.Tensor]] = [None] * cfg.n_frames
         for i, k in enumerate(edge):

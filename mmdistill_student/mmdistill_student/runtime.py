@@ -87,6 +87,8 @@ class StudentRuntime:
                                       'dropped_chunks': 0}
         self._next_grid: Optional[int] = None
         self._behind_samples = 0
+        #: front-end features of the newest computed window (the acoustic-image heat map)
+        self.last_features: Optional[np.ndarray] = None
 
     # ------------------------------------------------------------------------------ stream
     def set_stream(self, channels: int, sample_rate: int) -> bool:
@@ -213,6 +215,7 @@ class StudentRuntime:
             done.append((g, out[1]))
         if not feats:
             return []
+        self.last_features = feats[-1]
         x = self.model.select(torch.from_numpy(np.stack(feats)))
         dets = self.model.predict_features(x, score_threshold=self.score_threshold)
         self.stats['windows'] += len(dets)

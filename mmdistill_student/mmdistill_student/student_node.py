@@ -24,15 +24,19 @@ from typing import Dict, Optional
 
 from audio_common_msgs.msg import AudioDataStamped, AudioInfo
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray
 
 from mmdistill_common import topics
-from mmdistill_common.conversions import check_audio_info, detections_to_msg, msg_to_audio, stamp_to_ns
+from mmdistill_common.conversions import (check_audio_info, detections_to_msg, image_to_msg, msg_to_audio,
+                                          stamp_to_ns)
 from mmdistill_common.errors import ConfigError, InputError, MmdistillError
 from mmdistill_common.node_main import autostart, run_node
 from mmdistill_common.params import Param, declare_parameters
 from mmdistill_common.qos import incompatible_qos_warner, latched_qos, stream_qos
 
+from .acoustic_image import heatmap
+from .calibration import load_geometry
 from .checkpoint import check_stream, load_checkpoint
 from .frontend import PushStatus
 from .runtime import StudentRuntime
@@ -51,6 +55,11 @@ PARAMS = [
           choices=('reliable', 'best_effort'), read_only=True),
     Param('frame_id', 'camera', 'frame_id of the published detections (the RGB camera whose pixels the '
           'boxes are in).', read_only=True),
+    Param('calibration', '', "Array-to-camera calibration JSON (mic positions + camera model) for an "
+          "acoustic-image student on another car; '' uses the checkpoint's geometry.", read_only=True),
+    Param('publish_acoustic_image', False, 'Also publish the acoustic image of each window as an rgb8 heat '
+          'map (SRP-PHAT coherence, camera columns across, time down) on /student/acoustic_image.',
+          read_only=True),
     Param('autostart', True, 'Configure and activate at start-up (off: wait for a lifecycle manager).',
           read_only=True),
 ]
@@ -65,6 +74,7 @@ class StudentNode(LifecycleNode):
         self.runtime: Optional[StudentRuntime] = None
         self.meta: Optional[dict] = None
         self._pub = None
+        self._image_pub = None
         self._subs = []
         self._active = False
         self._info: Optional[AudioInfo] = None
@@ -106,7 +116,8 @@ class StudentNode(LifecycleNode):
             self.get_logger().error('parameter checkpoint is empty: set it to a student checkpoint directory')
             return TransitionCallbackReturn.FAILURE
         try:
-            model, meta = load_checkpoint(self.p['checkpoint'])
+            geometry = load_geometry(self.p['calibration']) if self.p['calibration'] else None
+            model, meta = load_checkpoint(self.p['checkpoint'], geometry=geometry)
             thr = self.p['score_threshold']
             self.runtime = StudentRuntime(model, meta, rate_hz=self.p['rate'],
                                           score_threshold=None if thr < 0 else thr,
@@ -120,6 +131,12 @@ class StudentNode(LifecycleNode):
         pub_events, _ = incompatible_qos_warner(self, topics.STUDENT_DETECTIONS)
         self._pub = self.create_lifecycle_publisher(Detection2DArray, topics.STUDENT_DETECTIONS, stream_qos(),
                                                     event_callbacks=pub_events)
+        self._image_pub = None
+        if self.p['publish_acoustic_image']:
+            if self.runtime.cfg.kind != 'acoustic_image':
+                self.get_logger().warning('publish_acoustic_image: this checkpoint has no acoustic-image front end')
+            else:
+                self._image_pub = self.create_lifecycle_publisher(Image, topics.STUDENT_ACOUSTIC_IMAGE, stream_qos())
         self._subs = [
             self.create_subscription(AudioDataStamped, topics.AUDIO, self._on_audio,
                                      stream_qos(self.p['audio_reliability']), event_callbacks=sub_events),
@@ -173,9 +190,10 @@ class StudentNode(LifecycleNode):
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
-        if self._pub is not None:
-            self.destroy_lifecycle_publisher(self._pub)
-            self._pub = None
+        for pub in (self._pub, self._image_pub):
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+        self._pub = self._image_pub = None
         self.runtime = None
         self.meta = None
         self._info = None
@@ -242,10 +260,14 @@ class StudentNode(LifecycleNode):
             self._drop('duplicate', f'audio chunk repeats buffered samples: {res.message}')
         elif self.runtime.stats['resyncs'] != resyncs:
             self.get_logger().warning(f'audio {res.message}')
-        for window_stamp, d in self.runtime.step():
+        results = self.runtime.step()
+        for window_stamp, d in results:
             self._pub.publish(detections_to_msg(d['boxes'], d['scores'], d['class_ids'], stamp_ns=window_stamp,
                                                 frame_id=self.p['frame_id']))
             self.published += 1
+        if results and self._image_pub is not None and self.runtime.last_features is not None:
+            rgb = heatmap(self.runtime.last_features, self.runtime.cfg.n_bands)
+            self._image_pub.publish(image_to_msg(rgb, 'rgb8', stamp_ns=results[-1][0], frame_id=self.p['frame_id']))
 
 
 def main(args=None) -> int:

@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -24,16 +24,17 @@ from .dataset import DistillDataset
 from .evaluate import evaluate_predictions, headline
 
 __all__ = ['Experiment', 'EXPERIMENTS', 'run_ablation', 'classical_predictions', 'scene_prior_predictions',
-           'format_table']
+           'aggregate_seeds', 'format_table']
 
 
 @dataclass(frozen=True)
 class Experiment:
     name: str
-    config: Optional[str]         # shipped training config; None = not trained (classical)
+    config: Optional[str]         # shipped training config; None = not trained (classical, scene prior)
     pretext: bool                 # encoder initialised from the counting pretext
     group: str                    # table section
     description: str
+    features: str = 'acoustic'    # which dataset the row reads: acoustic (the main one) or spectrogram
 
 
 EXPERIMENTS: List[Experiment] = [
@@ -41,7 +42,10 @@ EXPERIMENTS: List[Experiment] = [
     Experiment('scene-prior', None, False, 'baselines',
                'the best fixed set of boxes from the training pseudo-labels (k-means, K chosen on val), every frame'),
     Experiment('stereosoundnet', 'stereosoundnet', False, 'baselines',
-               'StereoSoundNet-style: 2 mics, log-mel, RGB teacher, ranking loss'),
+               'StereoSoundNet-style: 2 mics, log-mel, RGB teacher, ranking loss', 'spectrogram'),
+    Experiment('spectrogram', 'spectrogram', True, 'baselines',
+               'the spectrogram encoder (reference approach): log-mel + ILD + GCC-PHAT maps, pooled, focal + MTA',
+               'spectrogram'),
     Experiment('single-rgb', 'single-rgb', True, 'single teacher', 'RGB teacher boxes + attention'),
     Experiment('single-depth', 'single-depth', True, 'single teacher', 'depth teacher boxes + attention'),
     Experiment('single-thermal', 'single-thermal', True, 'single teacher', 'thermal teacher boxes + attention'),
@@ -50,10 +54,14 @@ EXPERIMENTS: List[Experiment] = [
                'reference implementation\'s MTA (probabilities as log-probabilities, T = 9, per teacher)'),
     Experiment('no-mta', 'no-distill', True, 'ours (ablations)', 'focal + box loss only, no MTA'),
     Experiment('ours-no-pretext', 'student', False, 'ours (ablations)', 'ours without the counting pretext'),
-    Experiment('ours-logmel-only', 'logmel-only', False, 'ours (ablations)',
-               'ours without inter-microphone features and without pretext'),
-    Experiment('ours', 'student', True, 'ours', 'log-mel + ILD + GCC-PHAT, pretext, focal + MTA (product)'),
+    Experiment('ours', 'student', True, 'ours',
+               'acoustic image + column-equivariant network, pretext, focal + MTA (product)'),
+    Experiment('upper-bound', 'upper-bound', False, 'upper bound (not a result)',
+               'ours trained on simulator ground truth (headline rule): what the audio supports'),
 ]
+
+#: the summary figures aggregated over seeds (mean and std) per reference
+_FIGURES = ('AP50', 'mAP_avg', 'CDx', 'CDy')
 
 
 def classical_predictions(ds: DistillDataset, rows: Sequence[int], train_rows: Sequence[int],
@@ -96,62 +104,130 @@ def _row(name: str, exp: Experiment, res: dict, extra: dict) -> dict:
             **extra}
 
 
-def run_ablation(dataset: Path, out: Path, names: Optional[Sequence[str]] = None,
-                 epochs: Optional[int] = None, pretext_epochs: Optional[int] = None,
-                 progress: bool = True, split: str = 'test') -> dict:
+def _check_twin(ds: DistillDataset, twin: DistillDataset) -> None:
+    """The spectrogram dataset must hold the same drives, splits and frames as the main one."""
+    if ds.index['splits'] != twin.index['splits'] or len(ds) != len(twin) \
+            or not np.array_equal(ds.stamps(np.arange(len(ds))), twin.stamps(np.arange(len(twin)))):
+        raise ConfigError('--spectrogram-dataset must be built from the same labelled bags (same drives, '
+                          'splits and frames) as --dataset')
+
+
+def _train_row(exp: Experiment, dataset: Path, ds: DistillDataset, rows, d: Path, pretext_dir: Path,
+               seed: int, epochs: Optional[int], progress: bool) -> Tuple[List[dict], dict]:
     from .evaluate import student_predictor
     from .train_config import load_train_config
     from .trainer import train
     from mmdistill_student.checkpoint import load_checkpoint
+    ov: Dict[str, object] = {'seed': seed}
+    if epochs:
+        ov['optim'] = {'epochs': epochs}
+    summary = train(load_train_config(exp.config, ov), dataset, d,
+                    init=f'pretext:{pretext_dir}' if exp.pretext else None,
+                    progress=progress, resume=(d / 'train_state.json').is_file())
+    model, meta = load_checkpoint(d)
+    extra = {'best_val': summary['best'], 'epochs_run': summary['epochs_run'],
+             'parameters': int(sum(p.numel() for p in model.parameters())),
+             'operating_point': meta.get('operating_point')}
+    return student_predictor(model, meta, DistillDataset(dataset))(rows), extra
+
+
+def run_ablation(dataset: Path, out: Path, names: Optional[Sequence[str]] = None,
+                 epochs: Optional[int] = None, pretext_epochs: Optional[int] = None,
+                 progress: bool = True, split: str = 'test', seeds: Sequence[int] = (0,),
+                 spectrogram_dataset: Optional[Path] = None) -> dict:
+    """Train and evaluate every row for every seed (``out/seed-S/<row>``), then one table of mean
+    and std over seeds. Rows on the spectrogram encoder read ``spectrogram_dataset`` (the same
+    labelled bags built with ``--features logmel,ild,gcc``) and are left out without it."""
+    from .train_config import load_train_config
+    from .trainer import train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ds = DistillDataset(dataset)
+    twin = DistillDataset(spectrogram_dataset) if spectrogram_dataset is not None else None
+    if twin is not None:
+        _check_twin(ds, twin)
     known = {e.name: e for e in EXPERIMENTS}
-    todo = [known[n] for n in names] if names else EXPERIMENTS
     for n in names or []:
         if n not in known:
             raise ConfigError(f'unknown experiment {n!r}; known: {", ".join(known)}')
+    todo = [known[n] for n in names] if names else EXPERIMENTS
+    skipped = [e.name for e in todo if e.features == 'spectrogram' and twin is None]
+    todo = [e for e in todo if e.name not in skipped]
+    if names and skipped:
+        raise ConfigError(f'{", ".join(skipped)} need --spectrogram-dataset (a dataset of the same bags built '
+                          'with --features logmel,ild,gcc)')
+    if not seeds:
+        raise ConfigError('--seeds must name at least one seed')
     rows = ds.split_indices(split)
     if len(rows) == 0:
         raise ConfigError(f'dataset has no {split!r} frames')
-    pretext_dir = out / 'pretext'
-    if any(e.pretext for e in todo) and not (pretext_dir / 'summary.json').is_file():
-        ov = {'optim': {'epochs': pretext_epochs}} if pretext_epochs else None
-        train(load_train_config('pretext', ov), dataset, pretext_dir, progress=progress,
-              resume=(pretext_dir / 'train_state.json').is_file())
-    results = []
-    for exp in todo:
-        d = out / exp.name
-        d.mkdir(exist_ok=True)
-        eval_path = d / 'eval.json'
-        if eval_path.is_file():
-            results.append(json.loads(eval_path.read_text()))
-            continue
-        t0 = time.perf_counter()
-        extra: Dict[str, object] = {}
-        if exp.name == 'scene-prior':
-            preds = scene_prior_predictions(ds, rows)
-        elif exp.config is None:
-            preds = classical_predictions(ds, rows, ds.split_indices('train'), progress=progress)
-        else:
-            ov = {'optim': {'epochs': epochs}} if epochs else None
-            cfg = load_train_config(exp.config, ov)
-            summary = train(cfg, dataset, d, init=f'pretext:{pretext_dir}' if exp.pretext else None,
-                            progress=progress, resume=(d / 'train_state.json').is_file())
-            extra.update({'best_val': summary['best'], 'epochs_run': summary['epochs_run']})
-            model, meta = load_checkpoint(d)
-            extra['parameters'] = int(sum(p.numel() for p in model.parameters()))
-            preds = student_predictor(model, meta, ds)(rows)
-        res = evaluate_predictions(ds, rows, preds)
-        row = _row(exp.name, exp, res, {**extra, 'time_s': time.perf_counter() - t0})
-        eval_path.write_text(json.dumps(row, indent=1, default=float))
-        results.append(row)
+    per_seed: Dict[str, List[dict]] = {e.name: [] for e in todo}
+    for seed in seeds:
+        root = out / f'seed-{seed}'
+        root.mkdir(exist_ok=True)
+        for exp in todo:
+            d = root / exp.name
+            d.mkdir(exist_ok=True)
+            eval_path = d / 'eval.json'
+            if eval_path.is_file():
+                per_seed[exp.name].append(json.loads(eval_path.read_text()))
+                continue
+            if exp.config is None and seed != seeds[0]:      # deterministic rows: computed once
+                per_seed[exp.name].append(per_seed[exp.name][0])
+                continue
+            src, src_ds = (spectrogram_dataset, twin) if exp.features == 'spectrogram' else (dataset, ds)
+            pretext_dir = root / ('pretext-spectrogram' if exp.features == 'spectrogram' else 'pretext')
+            if exp.pretext and not (pretext_dir / 'summary.json').is_file():
+                ov: Dict[str, object] = {'seed': seed}
+                if pretext_epochs:
+                    ov['optim'] = {'epochs': pretext_epochs}
+                if exp.features == 'spectrogram':
+                    ov['features'] = ['logmel', 'ild', 'gcc']
+                train(load_train_config('pretext', ov), src, pretext_dir, progress=progress,
+                      resume=(pretext_dir / 'train_state.json').is_file())
+            t0 = time.perf_counter()
+            extra: Dict[str, object] = {'seed': seed}
+            if exp.name == 'scene-prior':
+                preds = scene_prior_predictions(ds, rows)
+            elif exp.config is None:
+                preds = classical_predictions(ds, rows, ds.split_indices('train'), progress=progress)
+            else:
+                preds, more = _train_row(exp, src, src_ds, rows, d, pretext_dir, seed, epochs, progress)
+                extra.update(more)
+            res = evaluate_predictions(ds, rows, preds)
+            row = _row(exp.name, exp, res, {**extra, 'time_s': time.perf_counter() - t0})
+            eval_path.write_text(json.dumps(row, indent=1, default=float))
+            per_seed[exp.name].append(row)
+    results = [aggregate_seeds(per_seed[e.name]) for e in todo]
     table = format_table(results)
     (out / 'table.md').write_text(table)
-    summary = {'dataset': str(dataset), 'split': split, 'frames': int(len(rows)), 'rows': results}
+    summary = {'dataset': str(dataset), 'spectrogram_dataset': str(spectrogram_dataset) if twin else None,
+               'split': split, 'frames': int(len(rows)), 'seeds': list(seeds), 'left_out': skipped,
+               'rows': results}
     (out / 'results.json').write_text(json.dumps(summary, indent=1, default=float))
     return summary
+
+
+def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], float)
+    if not len(v):
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def aggregate_seeds(rows: Sequence[dict]) -> dict:
+    """One table row from the per-seed rows: each figure as its mean, with ``<figure>_std``."""
+    out = dict(rows[0])
+    out['seeds'] = [r.get('seed') for r in rows]
+    out['per_seed'] = rows
+    for ref in ('ground_truth', 'pseudo_labels', 'ground_truth_shuffled', 'ground_truth_all_visible'):
+        block = {}
+        for k in _FIGURES:
+            m, sd = _mean_std([r.get(ref, {}).get(k) for r in rows])
+            block[k], block[f'{k}_std'] = m, sd
+        out[ref] = block
+    return out
 
 
 def _f(v: float, pct: bool = False) -> str:
@@ -160,15 +236,23 @@ def _f(v: float, pct: bool = False) -> str:
     return f'{v:.2f}' if pct else f'{v:.3f}'
 
 
+def _ms(block: dict, k: str, pct: bool = False) -> str:
+    m, sd = block.get(k), block.get(f'{k}_std')
+    if m is None or (isinstance(m, float) and math.isnan(m)):
+        return '–'
+    return _f(m, pct) if not sd else f'{_f(m, pct)} ± {_f(sd, pct)}'
+
+
 def format_table(rows: List[dict]) -> str:
     """Markdown table: method, then AP@0.5 / mAP@Avg / CDx / CDy against the headline ground truth,
-    AP@0.5 against time-shuffled ground truth (the prior check), then against pseudo-labels."""
-    lines = ['| group | method | GT AP@0.5 | GT mAP@Avg | GT CDx % | GT CDy % | shuffled GT AP@0.5 | PL AP@0.5 | '
-             'PL mAP@Avg | PL CDx % | PL CDy % |', '|---|---|---|---|---|---|---|---|---|---|---|']
+    AP@0.5 against time-shuffled ground truth (the prior check), then against pseudo-labels; each
+    cell the mean ± std over seeds."""
+    lines = ['| group | method | seeds | GT AP@0.5 | GT mAP@Avg | GT CDx % | GT CDy % | shuffled GT AP@0.5 | '
+             'PL AP@0.5 | PL mAP@Avg | PL CDx % | PL CDy % |', '|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         g, p = r['ground_truth'], r['pseudo_labels']
-        sh = r.get('ground_truth_shuffled', {}).get('AP50')
-        lines.append(f'| {r["group"]} | {r["name"]} | {_f(g["AP50"])} | {_f(g["mAP_avg"])} | {_f(g["CDx"], 1)} | '
-                     f'{_f(g["CDy"], 1)} | {_f(sh)} | {_f(p["AP50"])} | {_f(p["mAP_avg"])} | {_f(p["CDx"], 1)} | '
-                     f'{_f(p["CDy"], 1)} |')
+        sh = r.get('ground_truth_shuffled', {})
+        lines.append(f'| {r["group"]} | {r["name"]} | {len(r.get("seeds") or [0])} | {_ms(g, "AP50")} | '
+                     f'{_ms(g, "mAP_avg")} | {_ms(g, "CDx", True)} | {_ms(g, "CDy", True)} | {_ms(sh, "AP50")} | '
+                     f'{_ms(p, "AP50")} | {_ms(p, "mAP_avg")} | {_ms(p, "CDx", True)} | {_ms(p, "CDy", True)} |')
     return '\n'.join(lines) + '\n'

@@ -19,7 +19,10 @@ __all__ = ['TrainConfig', 'load_train_config', 'DEFAULTS', 'DISTILL_LOSSES', 'TA
            'resolve_config']
 
 DISTILL_LOSSES = ('mta', 'mta_average', 'mta_reference', 'ranking', 'none')
-TARGETS = ('fused', 'rgb', 'depth', 'thermal')
+TARGETS = ('fused', 'rgb', 'depth', 'thermal', 'ground_truth')
+#: targets that are teachers (``loss.teachers``); ``ground_truth`` (simulator truth under the
+#: headline rule) trains the upper-bound row only, never the headline student
+TEACHER_TARGETS = ('rgb', 'depth', 'thermal')
 FEATURES = ('logmel', 'ild', 'gcc')
 ACOUSTIC_FEATURES = ('srp', 'das')
 
@@ -149,8 +152,8 @@ def validate(raw: dict) -> TrainConfig:
     if loss['distill'] not in DISTILL_LOSSES:
         raise ConfigError(f'loss.distill: one of {list(DISTILL_LOSSES)}, got {loss["distill"]!r}')
     t = loss['teachers']
-    if not isinstance(t, list) or not t or any(m not in TARGETS[1:] for m in t):
-        raise ConfigError(f'loss.teachers: a non-empty list from {list(TARGETS[1:])}, got {t!r}')
+    if not isinstance(t, list) or not t or any(m not in TEACHER_TARGETS for m in t):
+        raise ConfigError(f'loss.teachers: a non-empty list from {list(TEACHER_TARGETS)}, got {t!r}')
     for k in ('focal_weight', 'box_weight', 'centerness_weight', 'distill_weight', 'beta', 'eps'):
         _num(cfg, f'loss.{k}', lo=0)
     for k in ('tau', 'r', 'reference_temperature', 'ranking_margin'):

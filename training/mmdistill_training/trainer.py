@@ -44,7 +44,7 @@ from mmdistill_teachers.head import assign_targets, attention_maps, detection_lo
 
 from .dataset import DistillDataset
 from .losses import mta_loss, mta_loss_reference, ranking_loss
-from .metrics import evaluate_detections
+from .metrics import evaluate_detections, reference_frame
 from .train_config import TrainConfig
 
 __all__ = ['ChannelPlan', 'plan_channels', 'mirror_plan', 'build_student', 'train', 'predict_rows',
@@ -171,11 +171,18 @@ def _mirror_features(x: torch.Tensor, mirror: np.ndarray) -> torch.Tensor:
 # ------------------------------------------------------------------------ data
 
 def reference_frames(ds: DistillDataset, rows: Sequence[int], targets: str) -> List[dict]:
-    """Per row the boxes that supervise / evaluate the student: fused pseudo-labels or one
-    teacher's own detections (score >= 0.5, the fusion's per-teacher threshold)."""
+    """Per row the boxes that supervise / evaluate the student: fused pseudo-labels, one
+    teacher's own detections (score >= 0.5, the fusion's per-teacher threshold), or the simulator
+    truth under the headline rule (``ground_truth``: the upper-bound row only)."""
     out = []
     for r in rows:
-        if targets == 'fused':
+        if targets == 'ground_truth':
+            gt = ds.ground_truth(int(r))
+            if gt is None:
+                raise ConfigError(f'targets ground_truth: row {int(r)} ({ds.drive_name(int(r))}) has no simulator truth')
+            b = reference_frame(gt, 'ground_truth')['boxes']
+            s = np.ones(len(b))
+        elif targets == 'fused':
             b, s = ds.labels(int(r))
         else:
             b, s = ds.teacher_boxes(int(r), targets)
@@ -499,7 +506,12 @@ def train(cfg: TrainConfig, dataset_dir: Path, out_dir: Path, init: Optional[str
         if bad_epochs >= o['patience']:
             stopped_early = True
             break
+    operating = None
+    if rank == 0 and cfg.stage == 'distill' and best_epoch > 0:
+        operating = _calibrate_checkpoint(out_dir, ds, val_rows, plan.dataset_channels, refs_val,
+                                          cfg.eval['score_threshold'])
     summary = {'stage': cfg.stage, 'monitor': monitor, 'best': best, 'best_epoch': best_epoch,
+               'operating_point': operating,
                'epochs_run': len(history), 'stopped_early': stopped_early,
                'train_frames': int(len(train_rows)), 'val_frames': int(len(val_rows)),
                'mirror_augmentation': mirror is not None,
@@ -508,6 +520,39 @@ def train(cfg: TrainConfig, dataset_dir: Path, out_dir: Path, init: Optional[str
         (out_dir / 'summary.json').write_text(json.dumps(summary, indent=1, default=float))
         _plot(out_dir, history, monitor)
     return summary
+
+
+def count_matching_threshold(scores: Sequence[np.ndarray], target_boxes: int, floor: float = 0.05) -> float:
+    """The score threshold at which ``target_boxes`` boxes pass over these frames' detections
+    (one calibrated box per vehicle: mean boxes per frame = the reference's mean count), not below
+    ``floor``."""
+    flat = np.sort(np.concatenate([np.asarray(s, np.float64).reshape(-1) for s in scores] or [np.zeros(0)]))[::-1]
+    if target_boxes <= 0 or not len(flat):
+        return 1.0 if target_boxes <= 0 else float(floor)
+    if target_boxes >= len(flat):
+        return float(floor)
+    return float(max(floor, 0.5 * (flat[target_boxes - 1] + flat[target_boxes])))
+
+
+def _calibrate_checkpoint(out_dir: Path, ds: DistillDataset, val_rows: np.ndarray, channels: Sequence[int],
+                          refs_val: Sequence[dict], floor: float) -> dict:
+    """Set the best checkpoint's operating threshold on the validation drives so that its mean
+    number of boxes per frame equals the training references' (pseudo-labels, or truth for the
+    upper bound); written into the checkpoint's config and metadata."""
+    from mmdistill_student.checkpoint import read_checkpoint_metadata
+    model, meta = load_checkpoint(out_dir)
+    preds = predict_rows(model, ds, val_rows, channels, floor)
+    target = int(sum(len(r['boxes']) for r in refs_val))
+    thr = count_matching_threshold([p['scores'] for p in preds], target, floor)
+    n = len(preds) or 1
+    point = {'score_threshold': thr, 'val_frames': len(preds), 'val_reference_boxes_per_frame': target / n,
+             'val_boxes_per_frame': float(sum(int((p['scores'] >= thr).sum()) for p in preds)) / n}
+    model.config.score_threshold = thr
+    info = {k: v for k, v in read_checkpoint_metadata(out_dir).items()
+            if k not in ('format', 'format_version', 'config', 'window_mode', 'channels', 'sample_rate',
+                         'versions', 'created')}
+    save_checkpoint(model, out_dir, {**info, 'operating_point': point})
+    return point
 
 
 @torch.no_grad()

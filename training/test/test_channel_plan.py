@@ -49,7 +49,7 @@ def _geometry():
 
 def test_mirror_of_features_equals_features_of_mirrored_audio():
     plan = plan_channels(FULL.to_dict(), GROUPS, ['logmel', 'ild', 'gcc'])
-    mirror = mirror_plan(_geometry(), 384, plan, GROUPS)
+    mirror = mirror_plan(_geometry(), _geometry()["camera"]["width"], plan, GROUPS)
     assert mirror is not None
     # a source on the left: mic k leads mic j by a few samples; random broadband signal
     rng = np.random.default_rng(0)
@@ -75,3 +75,28 @@ def test_mirror_refused_for_asymmetric_geometry():
     geo['camera']['cx'] = 150.0
     assert mirror_plan(geo, 384, plan, GROUPS) is None
     assert mirror_plan(None, 384, plan, GROUPS) is None
+
+
+def test_acoustic_image_mirror_equals_features_of_mirrored_audio():
+    """Mirroring the acoustic image flips its columns: equal to the features of the audio with
+    the microphones swapped across the forward axis."""
+    sc = load_scenario('day-static')
+    geo = {'mic_positions_m': sc.mic_array.positions().tolist(),
+           'camera': {'width': sc.camera.width, 'height': sc.camera.height, 'fx': sc.camera.fx,
+                      'cx': sc.camera.width / 2, 'cy': sc.camera.height / 2}}
+    fcfg = FrontendConfig(kind='acoustic_image', hop=512, columns=sc.camera.width // 8, geometry=geo,
+                          window_s=0.25)
+    groups = feature_groups(fcfg)
+    plan = plan_channels(fcfg.to_dict(), groups, ['srp', 'das'])
+    mirror = mirror_plan(geo, sc.camera.width, plan, groups)
+    assert mirror is not None
+    rng = np.random.default_rng(1)
+    n = fcfg.window_samples
+    src = rng.standard_normal(n + 64).astype(np.float32) * 0.1
+    x = np.stack([g * src[d:d + n] for d, g in zip([0, 3, 5, 6, 5, 3, 1, 0], np.linspace(0.6, 1.0, 8))])
+    sigma = [(-k) % 8 for k in range(8)]
+    fe = Frontend(fcfg)
+    f = fe(torch.from_numpy(x))
+    mirrored = _mirror_features(f.clone(), mirror)
+    torch.testing.assert_close(mirrored, fe(torch.from_numpy(x[sigma].copy())), atol=2e-3, rtol=1e-3)
+    assert not torch.allclose(f, mirrored, atol=1e-1)

@@ -21,13 +21,17 @@ def test_inheritance_and_overrides():
     cfg = load_train_config('single-thermal', {'optim': {'epochs': 3}})
     assert cfg.targets == 'thermal' and cfg.loss['teachers'] == ['thermal']
     assert cfg.optim['epochs'] == 3 and cfg.optim['lr'] == DEFAULTS['optim']['lr']
-    assert cfg.features == ['logmel', 'ild', 'gcc']          # from student.yaml/defaults
+    assert cfg.features is None                              # every group of the dataset (defaults)
+    assert load_train_config('spectrogram').features == ['logmel', 'ild', 'gcc']
+    assert load_train_config('upper-bound').targets == 'ground_truth'
 
 
 @pytest.mark.parametrize('raw, match', [
     ({'optim': {'lrr': 1}}, r'optim\.lrr: unknown key'),
     ({'loss': {'distill': 'kl'}}, r'loss\.distill'),
     ({'features': ['ild']}, 'features'),
+    ({'features': ['srp', 'logmel']}, 'features'),
+    ({'loss': {'teachers': ['ground_truth']}}, r'loss\.teachers'),
     ({'mics': [0, 0]}, 'mics'),
     ({'optim': {'batch_size': 0}}, r'optim\.batch_size'),
     ({'optim': {'epochs': 2.5}}, r'optim\.epochs: expected an integer'),

@@ -16,6 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--epochs', type=int, help='override the epochs of every trained method')
     parser.add_argument('--pretext-epochs', type=int, help='override the pretext epochs')
     parser.add_argument('--split', default='test', help='split to evaluate (default test)')
+    parser.add_argument('--seeds', type=int, default=1, metavar='N',
+                        help='train every row with seeds 0..N-1 and report mean ± std (default 1)')
+    parser.add_argument('--spectrogram-dataset', type=Path, metavar='DIR',
+                        help='the same labelled bags built with --features logmel,ild,gcc: enables the '
+                             'spectrogram-encoder and StereoSoundNet rows')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
 
 
@@ -26,7 +31,10 @@ def run(args: argparse.Namespace) -> int:
         v = getattr(args, flag)
         if v is not None and v < 1:
             raise ConfigError(f'--{flag.replace("_", "-")} must be >= 1, got {v}')
+    if args.seeds < 1:
+        raise ConfigError(f'--seeds must be >= 1, got {args.seeds}')
     summary = run_ablation(args.dataset, args.out, args.only, args.epochs, args.pretext_epochs,
-                           progress=not args.quiet, split=args.split)
+                           progress=not args.quiet, split=args.split, seeds=list(range(args.seeds)),
+                           spectrogram_dataset=args.spectrogram_dataset)
     print((args.out / 'table.md').read_text())
     return 0

@@ -10,7 +10,7 @@ from mmdistill_common.errors import ConfigError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--config', required=True,
                         help='training config YAML, or the name of a shipped one (student, pretext, '
-                             'logmel-only, averaged-teachers, mta-reference, no-distill, single-rgb, '
+                             'spectrogram, upper-bound, averaged-teachers, mta-reference, no-distill, single-rgb, '
                              'single-depth, single-thermal, stereosoundnet)')
     parser.add_argument('--dataset', type=Path, required=True, help='dataset directory (mmdistill dataset build)')
     parser.add_argument('--out', type=Path, required=True, help='checkpoint directory to write')

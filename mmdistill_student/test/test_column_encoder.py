@@ -1,0 +1,53 @@
+"""Column-equivariant encoder: shapes, equivariance along x, pretext loading, config errors."""
+import pytest
+import torch
+
+from mmdistill_common.errors import ConfigError
+from mmdistill_student.column_encoder import ColumnEncoder, ColumnEncoderConfig
+from mmdistill_student.encoder import PretextModel, encoder_state_dict, load_encoder_state_dict
+
+
+def _encoder(**kw):
+    torch.manual_seed(0)
+    return ColumnEncoder(ColumnEncoderConfig(in_channels=4, columns=48, n_frames=40, **kw)).eval()
+
+
+def test_pyramid_shapes_follow_the_image():
+    enc = _encoder(image_size=(768, 256))
+    pyr, emb = enc(torch.randn(2, 4, 48, 40), return_embedding=True)
+    assert [tuple(p.shape[2:]) for p in pyr] == [(32, 96), (16, 48), (8, 24)]
+    assert emb.shape == (2, enc.cfg.embed_dim)
+
+
+def test_shifting_the_sources_shifts_the_column_features():
+    """Columns away from the borders (beyond the receptive field) move with the input."""
+    enc = _encoder()
+    x = torch.zeros(1, 4, 48, 40)
+    x[0, :, 20, 10:30] = torch.randn(4, 20)
+    x[0, :, 26, :] = 1.5
+    shifted = torch.roll(x, 3, dims=2)
+    with torch.no_grad():
+        a = enc.column_features(x)
+        b = enc.column_features(shifted)
+    torch.testing.assert_close(b[..., 14 + 3:34 + 3], a[..., 14:34], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(a[..., 14:34], a[..., 15:35])
+
+
+def test_pretext_weights_load_without_the_decoder():
+    enc = _encoder()
+    pre = PretextModel(_encoder(), max_count=4)
+    state = encoder_state_dict(pre)
+    loaded = load_encoder_state_dict(enc, state, skip_decoder=True)
+    assert not any(k.startswith(ColumnEncoder.decoder_prefixes) for k in loaded)
+    torch.testing.assert_close(enc.state_dict()['readout.0.weight'], pre.encoder.state_dict()['readout.0.weight'])
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match='columns'):
+        ColumnEncoderConfig(columns=0)
+    with pytest.raises(ConfigError, match='strides'):
+        ColumnEncoderConfig(strides=(8, 12, 32))
+    with pytest.raises(ConfigError, match='divisible'):
+        ColumnEncoderConfig(image_size=(100, 128))
+    with pytest.raises(ConfigError, match=r'expects \(B, 4, 48'):
+        _encoder()(torch.randn(1, 4, 40, 40))
