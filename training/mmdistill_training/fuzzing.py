@@ -579,17 +579,20 @@ def check_outputs(node_name: str, outputs: Dict[str, list], cases: List[Case], l
     res: dict = {}
     if node_name == 'recorder_node':
         return res            # checked on the bag by the caller (bench / test)
+    from vision_msgs.msg import Detection2DArray
     for topic, msgs in outputs.items():
         bad = 0
         stamps = []
         for m in msgs:
             stamps.append(stamp_to_ns(m.header.stamp))
-            d = m.detections if hasattr(m, 'detections') and not hasattr(m.detections, 'detections') else None
-            if d is not None:
-                dets = msg_to_detections(m)
-                if len(dets.boxes) and not (np.all(np.isfinite(dets.boxes)) and np.all(np.isfinite(dets.scores))
-                                            and np.all((dets.scores >= 0) & (dets.scores <= 1))):
-                    bad += 1
+            det = m if isinstance(m, Detection2DArray) else getattr(m, 'detections', None)   # PseudoLabel
+            if isinstance(det, Detection2DArray):
+                d = msg_to_detections(det)
+                ok = np.all(np.isfinite(d.boxes)) and np.all(np.isfinite(d.scores)) and \
+                    np.all((d.scores >= 0) & (d.scores <= 1))
+            else:                                       # AttentionPyramid
+                ok = all(np.all(np.isfinite(np.asarray(level.data))) for level in m.levels)
+            bad += not ok
         valid_after = [stamp_to_ns(c.msg.header.stamp) for c in cases[last_bad + 1:]
                        if c.valid and not isinstance(c.msg, bytes)]
         after = sum(1 for s in stamps if valid_after and s >= min(valid_after) - 2_000_000_000)
