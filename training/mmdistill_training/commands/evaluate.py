@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             clean.get(r, {}).get('all', {}).pop(ref, None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(clean, indent=1, default=float))
-    for ref in ('ground_truth', 'pseudo_labels'):
+    for ref in ('ground_truth', 'ground_truth_all_visible', 'ground_truth_shuffled', 'pseudo_labels'):
         if ref in res:
             h = headline(res, ref)
             print(f'{ref}: AP@0.5 {h["AP50"]:.3f}  mAP@Avg {h["mAP_avg"]:.3f}  CDx {h["CDx"]:.2f}%  '
