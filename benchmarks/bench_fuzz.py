@@ -60,7 +60,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--messages', type=int, default=10_000, help='DDS messages per node (default 10000)')
     ap.add_argument('--examples', type=int, default=10_000, help='hypothesis examples per property (0: skip)')
-    ap.add_argument('--nodes', nargs='+', default=ORDER, choices=ORDER)
+    ap.add_argument('--nodes', nargs='*', default=ORDER, choices=ORDER)
+    ap.add_argument('--budget', type=float, default=None, metavar='S',
+                    help='seconds per node after which the rest is skipped (reported as sent)')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--out', type=Path, default=ROOT / 'benchmarks' / 'results' / 'fuzz.json')
     args = ap.parse_args(argv)
@@ -70,15 +72,18 @@ def main(argv=None) -> int:
     from mmdistill_training.fuzzing import check_recorded_bag, fuzz_node, node_params
     work = Path(tempfile.mkdtemp(prefix='bench_fuzz_'))
     result = {'benchmark': 'fuzz', 'config': {'messages_per_node': args.messages, 'examples': args.examples,
-                                              'seed': args.seed}, 'nodes': {}, 'machine': machine_info()}
-    rclpy.init()
+                                              'seed': args.seed, 'budget_s': args.budget},
+              'nodes': {}, 'machine': machine_info()}
+    if args.nodes:
+        rclpy.init()
     try:
         for name in args.nodes:
             wd = work / name
             wd.mkdir()
             print(f'[{name}] fuzzing with {args.messages} messages ...', flush=True)
             try:
-                r = fuzz_node(name, args.messages, wd, seed=args.seed, params=node_params(name, wd))
+                r = fuzz_node(name, args.messages, wd, seed=args.seed, params=node_params(name, wd),
+                              budget_s=args.budget)
                 if name == 'recorder_node':
                     r['bag'] = check_recorded_bag(r, wd)
             except Exception as exc:      # noqa: BLE001 - a node that never came up is a result too
