@@ -23,7 +23,7 @@ from mmdistill_common.errors import ConfigError
 from .dataset import DistillDataset
 from .evaluate import evaluate_predictions, headline
 
-__all__ = ['Experiment', 'EXPERIMENTS', 'run_ablation', 'classical_predictions', 'scene_prior_predictions',
+__all__ = ['Experiment', 'EXPERIMENTS', 'run_ablation', 'row_dir', 'classical_predictions', 'scene_prior_predictions',
            'aggregate_seeds', 'format_table']
 
 
@@ -104,6 +104,11 @@ def _row(name: str, exp: Experiment, res: dict, extra: dict) -> dict:
             **extra}
 
 
+def row_dir(out: Path, name: str, seed: int = 0) -> Path:
+    """Where ``run_ablation`` keeps one row's checkpoint and ``eval.json`` for one seed."""
+    return Path(out) / f'seed-{seed}' / name
+
+
 def _check_twin(ds: DistillDataset, twin: DistillDataset) -> None:
     """The spectrogram dataset must hold the same drives, splits and frames as the main one."""
     if ds.index['splits'] != twin.index['splits'] or len(ds) != len(twin) \
@@ -167,7 +172,7 @@ def run_ablation(dataset: Path, out: Path, names: Optional[Sequence[str]] = None
         root = out / f'seed-{seed}'
         root.mkdir(exist_ok=True)
         for exp in todo:
-            d = root / exp.name
+            d = row_dir(out, exp.name, seed)
             d.mkdir(exist_ok=True)
             eval_path = d / 'eval.json'
             if eval_path.is_file():

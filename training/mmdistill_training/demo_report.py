@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from .ablate import row_dir
+
 __all__ = ['write_demo_report', 'write_demo_summary', 'build_summary', 'SUMMARY_SCHEMA_VERSION',
            'student_summary', 'teacher_summary', 'STAGES']
 
@@ -281,7 +283,8 @@ def build_summary(out: Path, quick: bool, split: Dict[str, List[str]], test_driv
         'teachers_dir': str(out / 'teachers'),
         'teachers': {**{m: teacher_summary(tev, m) for m in ('rgb', 'depth', 'thermal')},
                      'fused': teacher_summary(tev, 'fused')},
-        'student': student_summary(ev, str(out / 'ablation' / 'ours') if ev else None),
+        'student': {**student_summary(ev, str(row_dir(out / 'ablation', 'ours')) if ev else None),
+                    'upper_bound_gt_ap50': _num(_get(rows.get('upper-bound'), 'ground_truth', 'AP50'))},
         'baselines': {'classical': _baseline(rows.get('classical-srp')),
                       'scene_prior': _baseline(rows.get('scene-prior'))},
         'runtime': {'drive': test_drive if rep else None,

@@ -44,8 +44,13 @@ def student_predictor(model, meta: dict, ds: DistillDataset, score_threshold: fl
     """rows -> detections of a loaded student, reading the dataset's precomputed features."""
     check_frontend_compatible(model.config.frontend, ds.frontend.to_dict())
     cfg = meta.get('train_config', {})
-    features = cfg.get('features') or ['logmel'] + (['ild'] if model.config.frontend.get('use_ild') else []) \
-        + (['gcc'] if model.config.frontend.get('use_gccphat') else [])
+    fe = model.config.frontend
+    if cfg.get('features'):
+        features = cfg['features']
+    elif fe.get('kind') == 'acoustic_image':
+        features = ['srp', 'das']
+    else:
+        features = ['logmel'] + (['ild'] if fe.get('use_ild') else []) + (['gcc'] if fe.get('use_gccphat') else [])
     plan = plan_channels(ds.frontend.to_dict(), ds.feature_groups, features, cfg.get('mics'))
     if len(plan.dataset_channels) != model.config.in_channels:
         raise ConfigError(f'checkpoint reads {model.config.in_channels} channels, the dataset provides '
@@ -229,6 +234,7 @@ def _cd_histogram(ds, rows, preds, path: Path) -> None:
 def _examples(ds, rows, preds, out_dir: Path, n: int) -> List[str]:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
+    from mmdistill_student.acoustic_image import heatmap
     w, h = ds.index['image_size']
     rows = np.asarray(rows)
     # frames with the most pseudo-label boxes first, spread over the split
@@ -237,10 +243,14 @@ def _examples(ds, rows, preds, out_dir: Path, n: int) -> List[str]:
     names = []
     for k, i in enumerate(sorted(picks)):
         r = int(rows[i])
-        feats = ds.features([r], channels=[0])[0, 0]
         fig, ax = plt.subplots(2, 1, figsize=(6, 4.2), gridspec_kw={'height_ratios': [1, 1.2]})
-        ax[0].imshow(feats, origin='lower', aspect='auto', cmap='magma')
-        ax[0].set_title(f'{ds.drive_name(r)}, dataset row {r}', fontsize=8)
+        if ds.frontend.kind == 'acoustic_image':
+            # the acoustic image over the camera's columns (time running down), above the image plane
+            ax[0].imshow(heatmap(ds.features([r])[0], ds.frontend.n_bands), aspect='auto', extent=(0, w, 1, 0))
+            ax[0].set_title(f'{ds.drive_name(r)}, row {r}: acoustic image (SRP-PHAT, time down)', fontsize=8)
+        else:
+            ax[0].imshow(ds.features([r], channels=[0])[0, 0], origin='lower', aspect='auto', cmap='magma')
+            ax[0].set_title(f'{ds.drive_name(r)}, dataset row {r}', fontsize=8)
         ax[0].axis('off')
         ax[1].set_xlim(0, w)
         ax[1].set_ylim(h, 0)

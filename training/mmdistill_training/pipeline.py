@@ -37,6 +37,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from mmdistill_common.errors import MmdistillError
 
+from .ablate import row_dir
+
 __all__ = ['DemoPlan', 'PLANS', 'run_demo']
 
 
@@ -205,7 +207,7 @@ def run_demo(out: Path, plan: DemoPlan, quick: bool) -> Path:
     name = 'dataset'
     dataset = out / 'dataset'
     dargs = ['dataset', 'build', '--bags', *[labelled[d] for d in drives], '--out', dataset,
-             '--frame-stride', plan.dataset_frame_stride]
+             '--features', 'srp,das', '--frame-stride', plan.dataset_frame_stride]
     st.commands[name] = ['mmdistill ' + ' '.join(str(a).replace(str(out) + '/', '') for a in dargs)]
     if st.start(name):
         if dataset.exists():
@@ -216,16 +218,18 @@ def run_demo(out: Path, plan: DemoPlan, quick: bool) -> Path:
     # 5. student + baseline --------------------------------------------------------------
     name = 'student'
     ablation = out / 'ablation'
-    aargs = ['ablate', '--dataset', dataset, '--out', ablation, '--only', 'classical-srp', 'scene-prior', 'ours',
+    student = row_dir(ablation, 'ours')
+    aargs = ['ablate', '--dataset', dataset, '--out', ablation,
+             '--only', 'classical-srp', 'scene-prior', 'ours', 'upper-bound',
              '--epochs', plan.student_epochs, '--pretext-epochs', plan.pretext_epochs]
     st.commands[name] = ['mmdistill ' + ' '.join(str(a).replace(str(out) + '/', '') for a in aargs),
-                         'mmdistill evaluate --checkpoint ablation/ours --dataset dataset --out evaluation/metrics.json '
-                         '--report evaluation']
+                         f'mmdistill evaluate --checkpoint {student.relative_to(out)} --dataset dataset '
+                         '--out evaluation/metrics.json --report evaluation']
     if st.start(name):
         if ablation.exists():
             shutil.rmtree(ablation)
         _mmdistill(aargs, logs / 'student.log', threads=2, tee=True)
-        _mmdistill(['evaluate', '--checkpoint', ablation / 'ours', '--dataset', dataset,
+        _mmdistill(['evaluate', '--checkpoint', student, '--dataset', dataset,
                     '--out', out / 'evaluation' / 'metrics.json', '--report', out / 'evaluation'],
                    logs / 'evaluate.log', threads=2, tee=True)
         st.finish(name)
@@ -233,7 +237,7 @@ def run_demo(out: Path, plan: DemoPlan, quick: bool) -> Path:
     # 6. runtime graph on a held-out drive ------------------------------------------------
     name = 'runtime'
     test_drive = next((d for d in split['test'] if d.startswith(plan.replay_scenario)), split['test'][0])
-    rargs = ['replay-eval', '--bag', labelled[test_drive], '--checkpoint', ablation / 'ours',
+    rargs = ['replay-eval', '--bag', labelled[test_drive], '--checkpoint', student,
              '--out', out / 'runtime' / 'replay.json', '--rate', plan.replay_rate, '--tracker', 'kalman']
     st.commands[name] = ['mmdistill ' + ' '.join(str(a).replace(str(out) + '/', '') for a in rargs)]
     if st.start(name):
