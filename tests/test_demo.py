@@ -10,7 +10,15 @@ import re
 
 import pytest
 
+from mmdistill_training.ablate import row_dir
 from mmdistill_training.cli import main
+from mmdistill_training.demo_report import SUMMARY_KEYS, check_summary
+
+
+def _get(d, path):
+    for k in path.split('.'):
+        d = d[k]
+    return d
 
 
 @pytest.mark.timeout(1200)          # about 3.5 min on an idle 2-core machine
@@ -38,6 +46,30 @@ def test_quick_demo_runs_every_stage_and_reports_numbers(tmp_path, capsys):
     assert 'tracking' in gt
     for png in ('evaluation/pr_curves.png', 'previews/day-static.png'):
         assert (out / png).stat().st_size > 1000
+    summary = json.loads((out / 'summary.json').read_text())      # strict JSON: no NaN
+    check_summary(summary)
+    # the student's, baselines' and stages' figures are filled (a teacher's condition or distance
+    # bucket, MOT on one short drive, may have nothing to score and be null)
+    for key in SUMMARY_KEYS:
+        if key.split('.')[0] in ('student', 'baselines', 'stage_seconds') and key != 'student.upper_bound_gt_ap50':
+            assert _get(summary, key) is not None, key
+    assert summary['student']['by_distance'] and summary['teachers']['fused']['by_condition']
+    assert summary['stage_seconds']['student'] > 0 and summary['runtime']['gt_ap50'] is not None
+    # the summary's student figures are the rule applied to the student's predictions
+    from mmdistill_training.dataset import DistillDataset
+    from mmdistill_training.evaluate import evaluate_checkpoint, truth_frames
+    from mmdistill_training.metrics import evaluate_truth
+    import torch
+    torch.set_num_threads(2)                        # as the demo's evaluate subprocess: the same floats
+    ds = DistillDataset(out / 'dataset')
+    res = evaluate_checkpoint(row_dir(out / 'ablation', 'ours'), out / 'dataset', curves=False)
+    rows = res['_rows']
+    direct = evaluate_truth(res['_predictions'], truth_frames(ds, rows), tuple(ds.index['image_size']),
+                            drives=[ds.drive_name(int(r)) for r in rows])
+    for key, ref in (('gt_ap50', 'ground_truth'), ('gt_ap50_shuffled', 'ground_truth_shuffled')):
+        want = direct[ref]['all']['AP50']
+        got = summary['student'][key]
+        assert (got is None and math.isnan(want)) or got == pytest.approx(want, abs=1e-9), key
     # a second run reuses every finished stage
     assert main(['demo', '--quick', '--out', str(out)]) == 0
     assert printed.count('(done before, reused)') == 0

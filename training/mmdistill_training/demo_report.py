@@ -16,8 +16,8 @@ from typing import Dict, List, Optional
 
 from .ablate import row_dir
 
-__all__ = ['write_demo_report', 'write_demo_summary', 'build_summary', 'SUMMARY_SCHEMA_VERSION',
-           'student_summary', 'teacher_summary', 'STAGES']
+__all__ = ['write_demo_report', 'write_demo_summary', 'build_summary', 'check_summary', 'SUMMARY_SCHEMA_VERSION',
+           'SUMMARY_KEYS', 'student_summary', 'teacher_summary', 'STAGES']
 
 
 def _f(v, pct: bool = False) -> str:
@@ -201,6 +201,51 @@ def write_demo_report(out: Path, plan, quick: bool, drives: List[str], split: Di
 #: Version of the ``summary.json`` schema: bumped when a key changes meaning or disappears (new keys
 #: may be added without a bump).
 SUMMARY_SCHEMA_VERSION = 1
+#: The keys (dotted = nested) every summary.json holds, with a number, a string or null (README,
+#: "summary.json"); ``by_condition`` / ``by_distance`` are objects.
+SUMMARY_KEYS = (
+    'schema_version', 'quick', 'test_drives', 'teachers_dir',
+    *[f'teachers.{m}.{k}' for m in ('rgb', 'depth', 'thermal')
+      for k in ('gt_ap50', 'gt_ap50_sensor_working', 'gt_ap50_all_visible', 'gt_ap50_shuffled', 'by_condition',
+                'by_distance')],
+    'teachers.fused.gt_ap50', 'teachers.fused.gt_ap50_worst_condition', 'teachers.fused.worst_condition',
+    'teachers.fused.by_condition', 'teachers.fused.by_distance',
+    'student.checkpoint', 'student.gt_ap50', 'student.gt_map_avg', 'student.gt_ap50_all_visible',
+    'student.gt_ap50_shuffled', 'student.pl_ap50', 'student.pl_map_avg', 'student.boxes_per_frame',
+    'student.gt_boxes_per_frame', 'student.upper_bound_gt_ap50', 'student.by_condition', 'student.by_distance',
+    'baselines.classical.gt_ap50', 'baselines.scene_prior.gt_ap50',
+    'runtime.gt_ap50', 'runtime.gt_ap50_shuffled', 'runtime.mota', 'runtime.idf1',
+    *[f'stage_seconds.{s}' for s in STAGES],
+)
+
+
+def check_summary(summary: dict) -> None:
+    """Raise ``ValueError`` unless ``summary`` follows the schema: every :data:`SUMMARY_KEYS` present,
+    every AP (keys with ``ap50`` / ``map_``, and the breakdowns) null or in [0, 1]."""
+    if summary.get('schema_version') != SUMMARY_SCHEMA_VERSION:
+        raise ValueError(f'schema_version {summary.get("schema_version")!r}, expected {SUMMARY_SCHEMA_VERSION}')
+    for key in SUMMARY_KEYS:
+        d = summary
+        for k in key.split('.'):
+            if not isinstance(d, dict) or k not in d:
+                raise ValueError(f'summary lacks {key}')
+            d = d[k]
+
+    def aps(d: dict, path: str):
+        for k, v in d.items():
+            p = f'{path}.{k}' if path else k
+            if isinstance(v, dict):
+                if k in ('by_condition', 'by_distance'):
+                    for kk, vv in v.items():
+                        for leaf in (vv.values() if isinstance(vv, dict) else [vv]):
+                            yield f'{p}.{kk}', leaf
+                else:
+                    yield from aps(v, p)
+            elif 'ap50' in k or 'map_' in k:
+                yield p, v
+    for path, v in aps(summary, ''):
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0):
+            raise ValueError(f'{path} = {v!r} is not an AP in [0, 1] or null')
 
 
 def _num(v) -> Optional[float]:

@@ -114,3 +114,42 @@ def test_every_path_gives_the_numbers_of_the_rule():
         for b, want in ref['ground_truth']['by_distance'].items():
             assert block['by_distance'][b] == pytest.approx(want['AP50'], abs=1e-12)
     assert s['gt_map_avg'] == pytest.approx(ref['ground_truth']['all']['mAP_avg'], abs=1e-12)
+
+
+def test_demo_summary_from_the_stage_outputs_follows_the_schema(tmp_path):
+    """summary.json built from each producer's output (written as the commands write them)."""
+    truths, preds = make_case(1)
+    ev = evaluate_predictions(FakeDataset(truths), list(range(N)), preds)
+    ev.update(boxes_per_frame=1.5, gt_boxes_per_frame=1.0)
+    stamps = [int(1e8) * (i + 1) for i in range(N)]
+    frames = [TeacherFrame('drive-a', s, {}, t['boxes'], np.arange(len(t['boxes'])), ['car'] * len(t['boxes']),
+                           {m: t['visible'][:, k] for k, m in enumerate(('rgb', 'depth', 'thermal'))},
+                           np.zeros(len(t['boxes']), bool), {'time_of_day': 'day', 'weather': 'clear'},
+                           audible=t['audible'], distance=t['distance'], engine_on=np.ones(len(t['boxes']), bool))
+              for s, t in zip(stamps, truths)]
+    methods = evaluate_methods({m: preds for m in ('rgb', 'depth', 'thermal')}, frames, SIZE)
+    rp = score([(s, p) for s, p in zip(stamps, preds)], None,
+               {'ground_truth': [(s, {**t, 'scores': np.ones(len(t['boxes'])), 'labels': []})
+                                 for s, t in zip(stamps, truths)]}, SIZE)
+    row = {'name': 'scene-prior', 'ground_truth': {'AP50': 0.25}, 'ground_truth_shuffled': {'AP50': 0.2},
+           'pseudo_labels': {'AP50': float('nan')}}
+    for path, doc in (('teachers/evaluation.json', {'frames': N, 'methods': methods}),
+                      ('evaluation/metrics.json', ev), ('ablation/results.json', {'rows': [row]}),
+                      ('runtime/replay.json', {'references': rp})):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(json.dumps(doc, default=float))
+
+    class Stages:
+        def elapsed(self, name):
+            return 1.0
+    path = demo_report.write_demo_summary(tmp_path, True, {'test': ['drive-a']}, 'drive-a', Stages())
+    summary = json.loads(path.read_text())
+    demo_report.check_summary(summary)
+    assert summary['student']['gt_ap50'] == pytest.approx(ev['ground_truth']['all']['AP50'])
+    assert summary['teachers']['fused']['gt_ap50_worst_condition'] is not None
+    assert summary['baselines']['scene_prior'] == {'gt_ap50': 0.25, 'gt_ap50_shuffled': 0.2, 'pl_ap50': None}
+    assert summary['baselines']['classical']['gt_ap50'] is None            # its producer did not run
+    assert summary['runtime']['gt_ap50'] == pytest.approx(rp['ground_truth']['detection']['AP50'])
+    summary['teachers']['rgb']['by_distance']['0-15m'] = 1.5
+    with pytest.raises(ValueError, match='0-15m'):
+        demo_report.check_summary(summary)
