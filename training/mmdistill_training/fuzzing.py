@@ -410,7 +410,7 @@ CLEAN_TAIL = {'student_node': 60, 'tracking_node': 20, 'teacher_node': 10, 'pseu
 
 
 def fuzz_node(node_name: str, n_messages: int, workdir: Path, seed: int = 0, params: Optional[List[str]] = None,
-              batch: int = 16, timeout: float = 20.0, budget_s: Optional[float] = None) -> dict:
+              batch: int = 16, timeout: float = 120.0, budget_s: Optional[float] = None) -> dict:
     """Run one node under :func:`host`, send ``n_messages`` cases, and report what happened.
 
     With ``budget_s``, cases stop after that many seconds and the generator's clean tail is sent;
