@@ -15,8 +15,9 @@ rate and curvature carry distance for a moving source) instead of pooling it awa
    all columns) -> per-column features ``(B, width, columns)``, plus the window's column mean
    (scene context for separating simultaneous sources), then ``column_depth`` residual 1-D
    convolutions along x (dilations 1, 2, 4, ...).
-4. The vertical axis and box size come from per-column features: a 1x1 map per column to
-   ``out_channels x H3`` (the P3 rows of that column), resampled to the P3 width; P4 and P5
+4. The vertical axis and box size come from per-column features: pooled onto the P3 grid's
+   columns when the directions are finer, a 1x1 map per column to ``out_channels x H3`` (the
+   P3 rows of that column); P4 and P5
    are 2x2 average-pooled levels, each refined by a 1x1 conv (the detection head's 3x3 output
    convs add the local context; everything stays within a few milliseconds per window).
 
@@ -47,7 +48,7 @@ class ColumnEncoderConfig:
     in_channels: int = 16
     columns: int = 48
     n_frames: int = 87
-    time_pool: int = 2
+    time_pool: int = 1
     widths: Tuple[int, ...] = (16, 24, 32)
     column_depth: int = 3
     out_channels: int = 32
@@ -181,9 +182,10 @@ class ColumnEncoder(nn.Module):
     def decode(self, h: torch.Tensor) -> List[torch.Tensor]:
         h3, w3 = self._p3
         B = h.shape[0]
-        g = self.to_rows(self.dropout(h))                                   # (B, O*h3, columns)
-        if g.shape[-1] != w3:
-            g = F.interpolate(g, size=w3, mode='linear', align_corners=False)
+        if h.shape[-1] != w3:                       # directions finer than the P3 grid: pool onto it
+            h = F.avg_pool1d(h, h.shape[-1] // w3) if h.shape[-1] % w3 == 0 else \
+                F.interpolate(h, size=w3, mode='linear', align_corners=False)
+        g = self.to_rows(self.dropout(h))                                   # (B, O*h3, w3)
         p3 = self.p3(g.view(B, self.cfg.out_channels, h3, w3) + self.row_pos)
         p4 = self.p4(F.avg_pool2d(p3, 2))
         p5 = self.p5(F.avg_pool2d(p4, 2))

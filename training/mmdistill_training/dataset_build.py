@@ -42,8 +42,9 @@ FORMAT_VERSION = 1
 FEATURES = ('logmel', 'ild', 'gcc')
 #: the acoustic-image front end's groups (SRP-PHAT coherence, beam energy), steered from the geometry
 ACOUSTIC_FEATURES = ('srp', 'das')
-#: the acoustic image's STFT hop: 11.6 ms frames are finer than the bearing changes they track
-ACOUSTIC_HOP = 512
+#: the acoustic image's STFT hop (= n_fft, 23 ms frames): finer than the bearing changes they
+#: track, and half the frames of an overlapping hop for the front end and the network
+ACOUSTIC_HOP = 1024
 MODALITIES = ('rgb', 'depth', 'thermal')
 STRIDES = (8, 16, 32)
 DEFAULT_IMAGE_SIZE = (384, 128)

@@ -36,6 +36,7 @@ DEFAULTS: Dict[str, Any] = {
     'targets': 'fused',             # which pseudo-labels supervise the detection loss
     'model': {                      # StudentConfig fields (frontend/input_channels come from data)
         'encoder': {},
+        'strides': None,            # pyramid strides; None = the dataset's (the teachers' 8/16/32)
         'head_convs': 1,
         'head_width': 32,
         'score_threshold': 0.3,
@@ -121,7 +122,7 @@ class TrainConfig:
         return copy.deepcopy(self.data)
 
     def student_fields(self) -> dict:
-        return copy.deepcopy(self.data['model'])
+        return {k: v for k, v in copy.deepcopy(self.data['model']).items() if not (k == 'strides' and v is None)}
 
 
 def validate(raw: dict) -> TrainConfig:

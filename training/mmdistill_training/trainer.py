@@ -212,9 +212,10 @@ def build_student(cfg: TrainConfig, ds: DistillDataset) -> Tuple[StudentDetector
     features = cfg.features if cfg.features is not None else list(ds.feature_groups)
     plan = plan_channels(ds.frontend.to_dict(), ds.feature_groups, features, cfg.mics)
     fields = cfg.student_fields()
+    fields.setdefault('strides', tuple(ds.index['strides']))
     try:
         scfg = StudentConfig(frontend=plan.frontend, input_channels=plan.input_channels,
-                             image_size=tuple(ds.index['image_size']), strides=tuple(ds.index['strides']),
+                             image_size=tuple(ds.index['image_size']),
                              class_names=tuple(ds.index.get('class_names', ['vehicle'])), **fields)
     except TypeError as e:
         raise ConfigError(f'model: {e}') from None
@@ -305,8 +306,26 @@ def _distill_term(cfg: TrainConfig, pyramid, batch_att, present, rgb_index: int)
     return ranking_loss(q_s, batch_att[teachers[0]], margin=loss['ranking_margin'])
 
 
+def align_attention(maps: Sequence[torch.Tensor], teacher_strides: Sequence[int],
+                    student_strides: Sequence[int]) -> List[torch.Tensor]:
+    """Teacher attention maps ``(B, H, W)`` at ``teacher_strides`` -> one map per student level:
+    the teacher level of the same stride, or the coarsest one sum-pooled to the student's stride
+    (attention is a per-cell mass that MTA normalises, so pooling sums it)."""
+    by_stride = dict(zip((int(s) for s in teacher_strides), maps))
+    out = []
+    for s in student_strides:
+        if int(s) in by_stride:
+            out.append(by_stride[int(s)])
+            continue
+        base = max(t for t in by_stride if t < s and s % t == 0)
+        k = int(s) // base
+        out.append(F.avg_pool2d(by_stride[base][:, None], k)[:, 0] * (k * k))
+    return out
+
+
 def _load_batch(ds: DistillDataset, rows: np.ndarray, channels, refs: Dict[int, dict], cfg: TrainConfig,
-                mirror: Optional[np.ndarray], rng: np.random.Generator, width: int):
+                mirror: Optional[np.ndarray], rng: np.random.Generator, width: int,
+                strides: Optional[Sequence[int]] = None):
     x = torch.from_numpy(ds.features(rows, channels=list(channels))).float()
     boxes = [refs[int(r)]['boxes'].copy() for r in rows]
     need_att = cfg.stage == 'distill' and cfg.loss['distill'] != 'none'
@@ -314,6 +333,8 @@ def _load_batch(ds: DistillDataset, rows: np.ndarray, channels, refs: Dict[int, 
     if need_att:
         for m in cfg.loss['teachers']:
             att[m] = [torch.from_numpy(np.asarray(a, np.float32)) for a in ds.attention(rows, m)]
+            if strides is not None and tuple(strides) != tuple(ds.index['strides']):
+                att[m] = align_attention(att[m], ds.index['strides'], strides)
     present = torch.from_numpy(np.asarray(ds.teacher_present(rows), bool))
     counts = torch.from_numpy(np.asarray(ds.counts(rows), np.int64))
     if mirror is not None:
@@ -431,7 +452,7 @@ def train(cfg: TrainConfig, dataset_dir: Path, out_dir: Path, init: Optional[str
                 if len(rows) == 0:
                     continue
             x, boxes, att, present, counts = _load_batch(ds, rows, plan.dataset_channels, refs_train, cfg,
-                                                         mirror, rng, width)
+                                                         mirror, rng, width, model.config.strides)
             x = x.to(device)
             if count_head is not None:
                 logits = net(x) if distributed else count_head(model.encoder.embed(x))

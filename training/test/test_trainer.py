@@ -138,3 +138,24 @@ def test_torchrun_ddp_two_processes(dataset, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     model, meta = load_checkpoint(tmp_path / 'ddp')
     assert meta['stage'] == 'distill'
+
+
+def test_count_matching_threshold_gives_the_reference_box_count():
+    from mmdistill_training.trainer import count_matching_threshold
+    scores = [np.array([0.9, 0.2, 0.1]), np.array([0.8, 0.7]), np.array([])]
+    thr = count_matching_threshold(scores, 3)
+    assert sum(int((s >= thr).sum()) for s in scores) == 3
+    assert 0.2 < thr < 0.7
+    assert count_matching_threshold(scores, 0) == 1.0               # no reference box: publish none
+    assert count_matching_threshold(scores, 10, floor=0.05) == 0.05  # fewer candidates than wanted
+    assert count_matching_threshold(scores, 1, floor=0.95) == 0.95   # never below the floor
+
+
+def test_align_attention_to_coarser_student_strides():
+    from mmdistill_training.trainer import align_attention
+    maps = [torch.rand(2, 16, 48), torch.rand(2, 8, 24), torch.rand(2, 4, 12)]
+    out = align_attention(maps, (8, 16, 32), (16, 32, 64))
+    assert [tuple(m.shape) for m in out] == [(2, 8, 24), (2, 4, 12), (2, 2, 6)]
+    assert out[0] is maps[1] and out[1] is maps[2]
+    torch.testing.assert_close(out[2].sum(dim=(1, 2)), maps[2].sum(dim=(1, 2)))     # mass is kept
+    assert align_attention(maps, (8, 16, 32), (8, 16, 32)) == maps
