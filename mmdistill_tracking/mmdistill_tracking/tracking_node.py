@@ -46,9 +46,10 @@ PARAMS = [
           read_only=True),
     Param('frame_period', 0.1, 'kalman: nominal seconds between detection messages (1 / student rate); '
           'stamp differences are measured in these units.', min=0.001, max=10.0, read_only=True),
-    Param('image_width', 384, 'Camera image width in pixels (tracks are clipped to it; annotated image size).',
+    Param('image_width', 768, 'Camera image width in pixels (tracks are clipped to it; annotated image size); '
+          'the default is the simulator camera (768x256).',
           min=8, max=8192, read_only=True),
-    Param('image_height', 128, 'Camera image height in pixels.', min=8, max=8192, read_only=True),
+    Param('image_height', 256, 'Camera image height in pixels.', min=8, max=8192, read_only=True),
     Param('publish_image', True, f'Publish the annotated image on {topics.TRACK_IMAGE} (rgb8, dark canvas).',
           read_only=True),
     Param('publish_markers', True, f'Publish RViz markers on {topics.TRACK_MARKERS}.', read_only=True),

@@ -434,8 +434,10 @@ def evaluate_replay(bag, checkpoint, rate: float = 1.0, tracker: str = 'kalman',
         student = {'use_sim_time': True}
         if score_threshold is not None:
             student['score_threshold'] = score_threshold
-        graph = build_graph('car', args=args, overrides={'student_node': student,
-                                                         'tracking_node': {'use_sim_time': True}})
+        w, h = _image_size(meta)         # tracks are clipped to the checkpoint's camera
+        graph = build_graph('car', args=args, overrides={
+            'student_node': student,
+            'tracking_node': {'use_sim_time': True, 'image_width': int(w), 'image_height': int(h)}})
         collector = Node('replay_eval_collector')
         got: Dict[str, Frames] = {T.STUDENT_DETECTIONS: [], T.TRACKS: []}
         for topic in got:
