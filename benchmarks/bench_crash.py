@@ -30,6 +30,32 @@ sys.path.insert(0, str(ROOT / 'benchmarks'))
 from bench_sim import machine_info  # noqa: E402
 
 
+def summarize(trials: list) -> dict:
+    summary = {}
+    for writer in sorted({t['writer'] for t in trials}):
+        ts = [t for t in trials if t['writer'] == writer]
+        ok = [t for t in ts if t['prefix_intact'] and t['independent_reader_count'] == t.get('recovered_total',
+                                                                                                t['recovered'])]
+        summary[writer] = {'killed': len(ts), 'recovered_readable': len(ok),
+                           'with_messages': sum(1 for t in ts if t['recovered'] > 0),
+                           'max_lost_in_one_kill': max((t['lost'] for t in ts if 'lost' in t), default=None),
+                           'max_discarded_bytes': max((t.get('discarded_bytes', 0) for t in ts), default=0)}
+    return summary
+
+
+def write(args, trials: list) -> dict:
+    """Rewrite the JSON (after every trial, so that a long campaign can be read while it runs)."""
+    summary = summarize(trials)
+    result = {'benchmark': 'crash_recovery', 'config': vars(args) | {'out': str(args.out)}, 'summary': summary,
+              'trials': trials, 'machine': machine_info() | {'loadavg_end': os.getloadavg()},
+              'written': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + '.tmp')
+    tmp.write_text(json.dumps(result, indent=2) + '\n')
+    os.replace(tmp, args.out)
+    return summary
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--kills', type=int, default=20, help='kills per writer (default 20)')
@@ -55,6 +81,7 @@ def main(argv=None) -> int:
                                    flush_period=args.flush_period)
                 trials.append(r)
                 print(json.dumps(r), flush=True)
+                write(args, trials)
                 shutil.rmtree(work / f'rec{k}', ignore_errors=True)
         finally:
             ex.shutdown()
@@ -69,22 +96,10 @@ def main(argv=None) -> int:
                 continue
             trials.append(r)
             print(json.dumps(r), flush=True)
+            write(args, trials)
             shutil.rmtree(work / f'sim{k - 1}', ignore_errors=True)
-    summary = {}
-    for writer in sorted({t['writer'] for t in trials}):
-        ts = [t for t in trials if t['writer'] == writer]
-        ok = [t for t in ts if t['prefix_intact'] and t['independent_reader_count'] == t.get('recovered_total',
-                                                                                                t['recovered'])]
-        summary[writer] = {'killed': len(ts), 'recovered_readable': len(ok),
-                           'with_messages': sum(1 for t in ts if t['recovered'] > 0),
-                           'max_lost_in_one_kill': max((t['lost'] for t in ts if 'lost' in t), default=None),
-                           'max_discarded_bytes': max((t.get('discarded_bytes', 0) for t in ts), default=0)}
-    result = {'benchmark': 'crash_recovery', 'config': vars(args) | {'out': str(args.out)}, 'summary': summary,
-              'trials': trials, 'machine': machine_info() | {'loadavg_end': os.getloadavg()},
-              'finished': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + '\n')
-    print(json.dumps(summary, indent=2))
+    write(args, trials)
+    print(json.dumps(summarize(trials), indent=2))
     print(f'-> {args.out}')
     return 0
 
