@@ -15,6 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--out', type=Path, help='bag directory to create (must not exist)')
     parser.add_argument('--seed', type=int, help='override the scenario seed')
     parser.add_argument('--duration', type=float, help='override the scenario duration (s)')
+    parser.add_argument('--frame-rate', type=float, metavar='HZ',
+                        help='override the camera frame rate (Hz); the audio is unchanged')
     parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap', help='bag storage (default mcap)')
     parser.add_argument('--no-images', action='store_true', help='leave out camera images and camera_info')
     parser.add_argument('--preview', type=Path, metavar='PNG',
@@ -30,6 +32,10 @@ def load(args: argparse.Namespace):
         if not args.duration > 0:
             raise ConfigError(f'--duration must be > 0, got {args.duration}')
         scenario = dataclasses.replace(scenario, duration_s=float(args.duration))
+    if args.frame_rate is not None:
+        if not 0 < args.frame_rate <= 120:
+            raise ConfigError(f'--frame-rate must be in (0, 120] Hz, got {args.frame_rate}')
+        scenario = dataclasses.replace(scenario, frame_rate=float(args.frame_rate))
     return scenario
 
 
