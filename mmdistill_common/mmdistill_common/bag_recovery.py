@@ -56,15 +56,17 @@ def _transient_local(qos_text: str) -> bool:
                for p in profiles)
 
 
-def read_mcap_prefix(path: Path, stats: Dict[str, int]) -> Iterator[RawMessage]:
+def read_mcap_prefix(path: Path, stats: dict) -> Iterator[RawMessage]:
     """Messages of every complete record of an MCAP file, in file order; stops quietly at the first
-    truncated or corrupt record and sets ``stats['valid_bytes']`` to where that record began."""
+    truncated or corrupt record. Sets ``stats['valid_bytes']`` (where that record began) and
+    ``stats['topics']`` (topic -> (msgtype, transient_local) of every channel seen)."""
     from mcap.records import Channel, Chunk, Message, Schema
     from mcap.stream_reader import StreamReader, breakup_chunk
 
     schemas: Dict[int, str] = {}
     channels: Dict[int, Tuple[str, str, bool]] = {}
     stats['valid_bytes'] = 0
+    stats['topics'] = {}
     with open(path, 'rb') as f:
         reader = StreamReader(f, emit_chunks=True, record_size_limit=path.stat().st_size)
         records = reader.records
@@ -83,18 +85,21 @@ def read_mcap_prefix(path: Path, stats: Dict[str, int]) -> Iterator[RawMessage]:
                 elif isinstance(rec, Channel):
                     channels[rec.id] = (rec.topic, schemas.get(rec.schema_id, ''),
                                         _transient_local(rec.metadata.get('offered_qos_profiles', '')))
+                    stats['topics'][rec.topic] = channels[rec.id][1:]
                 elif isinstance(rec, Message) and rec.channel_id in channels:
                     topic, msgtype, latched = channels[rec.channel_id]
                     yield topic, msgtype, latched, rec.log_time, bytes(rec.data)
 
 
-def read_sqlite_prefix(path: Path) -> Iterator[RawMessage]:
+def read_sqlite_prefix(path: Path, stats: dict) -> Iterator[RawMessage]:
     """Committed messages of a rosbag2 sqlite3 file in insertion order (sqlite rolls back the
-    transaction the killed writer left open when the file is opened)."""
+    transaction the killed writer left open when the file is opened); ``stats['topics']`` as for
+    :func:`read_mcap_prefix`."""
     try:
         con = sqlite3.connect(f'file:{path}', uri=True)
         topics = {tid: (name, msgtype, _transient_local(qos or '')) for tid, name, msgtype, qos in
                   con.execute('SELECT id, name, type, offered_qos_profiles FROM topics')}
+        stats['topics'] = {name: (msgtype, latched) for name, msgtype, latched in topics.values()}
         rows = con.execute('SELECT topic_id, timestamp, data FROM messages ORDER BY id')
     except sqlite3.DatabaseError as exc:
         raise InputError(f'{path} is not a readable rosbag2 sqlite3 file: {exc}') from exc
@@ -148,8 +153,8 @@ def recover_bag(bag) -> RecoveryReport:
     damaged = _damaged_storage(bag)
     name = damaged.name[:-len(DAMAGED_SUFFIX)] if damaged.name.endswith(DAMAGED_SUFFIX) else damaged.name
     storage = STORAGE_SUFFIXES[Path(name).suffix]
-    stats: Dict[str, int] = {}
-    messages = read_mcap_prefix(damaged, stats) if storage == 'mcap' else read_sqlite_prefix(damaged)
+    stats: dict = {}
+    messages = read_mcap_prefix(damaged, stats) if storage == 'mcap' else read_sqlite_prefix(damaged, stats)
     work = bag.parent / f'.{bag.name}.recovering'
     if work.exists():
         shutil.rmtree(work)
@@ -161,13 +166,15 @@ def recover_bag(bag) -> RecoveryReport:
             for topic, msgtype, latched, stamp, data in messages:
                 out.add_topic(topic, msgtype, transient_local=latched)
                 out.write_cdr(topic, data, stamp)
+            for topic, (msgtype, latched) in stats.get('topics', {}).items():    # topics without messages
+                out.add_topic(topic, msgtype, transient_local=latched)
             report.messages = dict(out.counts)
     except Exception:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    if report.total == 0:
+    if not report.messages:
         shutil.rmtree(work, ignore_errors=True)
-        raise InputError(f'bag {bag}: {damaged.name} holds no complete chunk of messages; nothing to recover')
+        raise InputError(f'bag {bag}: {damaged.name} holds no complete chunk; nothing to recover')
     if storage == 'mcap':
         report.discarded_bytes = damaged.stat().st_size - stats['valid_bytes']
     kept = bag / (name + DAMAGED_SUFFIX)

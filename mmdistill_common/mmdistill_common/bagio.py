@@ -123,7 +123,10 @@ class BagWriter:
         self._writer.write(self._connections[topic], int(stamp_ns), data)
         self.counts[topic] += 1
         self.bytes_written += len(data)
-        self.flush_if_due()
+        if self.flushes == 0:
+            self.flush()            # the first message: from now on a kill leaves a recoverable bag
+        else:
+            self.flush_if_due()
 
     def flush_if_due(self) -> None:
         """Flush when rosbags closed a chunk by size or ``flush_period_s`` passed (cheap to call
@@ -216,6 +219,8 @@ class BagReader:
     def messages(self, topics: Optional[Sequence[str]] = None) -> Iterator[BagMessage]:
         """Messages in log-time order, deserialised with rclpy."""
         conns = [c for c in self._reader.connections if topics is None or c.topic in topics]
+        if not conns:           # rosbags reads every connection when given none
+            return
         classes = {c.id: message_class(c.msgtype) for c in conns}
         try:
             for conn, stamp, data in self._reader.messages(connections=conns):

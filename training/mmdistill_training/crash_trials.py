@@ -99,7 +99,13 @@ def recorder_trial(executor, out: Path, run_s: float, storage: str = 'mcap', rat
         proc.stderr.close()
         executor.executor.remove_node(node)
         node.destroy_node()
-    report = recover_bag(out)
+    from mmdistill_common.errors import InputError
+    try:
+        report = recover_bag(out)
+    except InputError as exc:       # killed before anything reached the disk: everything published is lost
+        return {'writer': 'recorder_node', 'storage': storage, 'run_s': round(run_s, 3), 'published': published,
+                'recovered': 0, 'lost': published, 'prefix_intact': True, 'audio_info_kept': False,
+                'independent_reader_count': 0, 'recovered_total': 0, 'note': str(exc)}
     with BagReader(out) as reader:
         got = [msg_to_audio(m.msg, CHANNELS)[0, 0] for m in reader.messages([topics.AUDIO])]
         has_info = len(list(reader.messages([topics.AUDIO_INFO]))) == 1
