@@ -251,3 +251,34 @@ def test_chunking_does_not_change_results(ckpt, signal):
     np.testing.assert_allclose([s for s, _ in a], [s for s, _ in b], rtol=0, atol=1)
     for (_, da), (_, db) in zip(a, b):
         np.testing.assert_allclose(da['scores'], db['scores'], rtol=1e-4, atol=1e-6)
+
+
+def test_acoustic_image_student_streams_like_predict_window(tmp_path, signal):
+    """The acoustic-image student (column encoder) through the runtime equals predict_window on
+    the same samples, and a calibration file can re-steer the checkpoint."""
+    import json
+    from mmdistill_sim.scenario import load_scenario
+    from mmdistill_student.calibration import load_geometry
+    sc = load_scenario('town-day-static')
+    c = sc.camera
+    geo = {'mic_positions_m': sc.mic_array.positions().tolist(),
+           'camera': {'width': c.width, 'height': c.height, 'fx': c.fx, 'fy': c.fy, 'x_m': c.x_m,
+                      'height_m': c.height_m, 'pitch_deg': c.pitch_deg}}
+    torch.manual_seed(0)
+    cfg = StudentConfig(frontend=dict(kind='acoustic_image', hop=1024, columns=c.width // 8, geometry=geo),
+                        image_size=(c.width, c.height), strides=(16, 32, 64), head_convs=0,
+                        score_threshold=0.0, max_detections=5)
+    save_checkpoint(StudentDetector(cfg), tmp_path / 'ai')
+    model, meta = load_checkpoint(tmp_path / 'ai')
+    rt = StudentRuntime(model, meta, rate_hz=10)
+    res = feed(rt, signal[:2 * SR])
+    assert len(res) >= 5 and rt.last_features is not None and rt.last_features.shape == (16, c.width // 8, 44)
+    for stamp, d in res[::3]:
+        centre = round(stamp * SR / 1e9)
+        window = signal[centre - SR // 2: centre - SR // 2 + SR].T.astype(np.float32) / 32768.0
+        ref = model.predict_window(window, score_threshold=0.0)
+        np.testing.assert_allclose(d['scores'], ref['scores'], rtol=1e-3, atol=1e-4)
+    moved = dict(geo, mic_positions_m=[[x + 1.0, y, z] for x, y, z in geo['mic_positions_m']])
+    (tmp_path / 'car.json').write_text(json.dumps(moved))
+    other, _ = load_checkpoint(tmp_path / 'ai', geometry=load_geometry(tmp_path / 'car.json', 8))
+    assert other.frontend_config.geometry['mic_positions_m'][0][0] == pytest.approx(geo['mic_positions_m'][0][0] + 1)
