@@ -187,8 +187,9 @@ def run_ablation(dataset: Path, out: Path, names: Optional[Sequence[str]] = None
                 ov: Dict[str, object] = {'seed': seed}
                 if pretext_epochs:
                     ov['optim'] = {'epochs': pretext_epochs}
-                if exp.features == 'spectrogram':
+                if exp.features == 'spectrogram':       # the spectrogram rows' network (spectrogram.yaml)
                     ov['features'] = ['logmel', 'ild', 'gcc']
+                    ov['model'] = {'strides': None, 'head_convs': 1}
                 train(load_train_config('pretext', ov), src, pretext_dir, progress=progress,
                       resume=(pretext_dir / 'train_state.json').is_file())
             t0 = time.perf_counter()
