@@ -38,3 +38,38 @@ def test_deterministic_and_refuses_no_labels():
     np.testing.assert_array_equal(a.boxes, b.boxes)
     with pytest.raises(ConfigError, match='no box'):
         ScenePrior.fit([np.zeros((0, 4))] * 3)
+
+
+@pytest.mark.timeout(900)          # builds a small dataset: about 2 min on a loaded 2-core machine
+def test_ablate_row_scene_prior(tmp_path):
+    """``mmdistill ablate --only scene-prior``: fitted on train/val labels, one box set for every test frame."""
+    import json
+
+    from mmdistill_training.ablate import row_dir
+    from mmdistill_training.cli import main
+    from mmdistill_training.dataset import DistillDataset
+    from mmdistill_training.dataset_build import BuildConfig, build_dataset
+    from mmdistill_training.evaluate import evaluate_predictions
+    from mmdistill_training.labelled_bag import short_scenario, write_oracle_bag
+    bags = []
+    for k in range(3):
+        bag = tmp_path / f'day-static-{k}'
+        write_oracle_bag(short_scenario('day-static', 2.0, 16000, seed=30 + k), bag, seed=k)
+        bags.append(bag)
+    build_dataset(bags, tmp_path / 'ds', BuildConfig(window='centered'), progress=False)
+    assert main(['ablate', '--dataset', str(tmp_path / 'ds'), '--out', str(tmp_path / 'abl'),
+                 '--only', 'scene-prior']) == 0
+    res = json.loads((tmp_path / 'abl' / 'results.json').read_text())
+    row = res['rows'][0]
+    assert row['name'] == 'scene-prior' and row['group'] == 'baselines'
+    for ref in ('ground_truth', 'ground_truth_shuffled', 'pseudo_labels'):
+        assert row[ref]['AP50'] is None or 0.0 <= row[ref]['AP50'] <= 1.0
+    # the same boxes as a prior fitted by hand on the train and val labels only
+    ds = DistillDataset(tmp_path / 'ds')
+    prior = ScenePrior.fit([ds.labels(int(r))[0] for r in ds.split_indices('train')],
+                           [ds.labels(int(r))[0] for r in ds.split_indices('val')])
+    rows = ds.split_indices('test')
+    res = evaluate_predictions(ds, rows, [prior.predict() for _ in rows])
+    assert row['pseudo_labels']['AP50'] == pytest.approx(res['pseudo_labels']['all']['AP50'], nan_ok=True)
+    assert row['ground_truth']['AP50'] == pytest.approx(res['ground_truth']['all']['AP50'], nan_ok=True)
+    assert (row_dir(tmp_path / 'abl', 'scene-prior') / 'eval.json').is_file()
