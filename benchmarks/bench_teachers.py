@@ -89,12 +89,15 @@ def main(argv=None) -> int:
     if True:
         d = TeacherTrainConfig()
         torch.manual_seed(0)
-        variants[f'demo_recipe_w{d.width}'] = {m: TeacherDetector(m, width=d.width, fpn_channels=d.fpn_channels,
+        size = (sim.camera.width, sim.camera.height)
+        variants[f'demo_recipe_w{d.width}'] = {m: TeacherDetector(m, input_size=size, width=d.width,
+                                                                  fpn_channels=d.fpn_channels,
                                                                   head_convs=d.head_convs).eval()
                                                for m in ('rgb', 'depth', 'thermal')}
-        variants['default_config_w16'] = {m: TeacherDetector(m).eval() for m in ('rgb', 'depth', 'thermal')}
+        variants['default_config_w16'] = {m: TeacherDetector(m, input_size=size).eval()
+                                          for m in ('rgb', 'depth', 'thermal')}
     result = {'benchmark': 'teacher_inference', 'scenario': args.scenario,
-              'config': {'frames': args.frames, 'repeats': args.repeats, 'image': '384x128', 'threads': 1,
+              'config': {'frames': args.frames, 'repeats': args.repeats, 'image': f'{sim.camera.width}x{sim.camera.height}', 'threads': 1,
                          'teachers': str(args.teachers) if args.teachers else None},
               'variants': {name: bench(t, frames, args.repeats) for name, t in variants.items()},
               'machine': machine_info()}

@@ -40,7 +40,8 @@ SKY = {'day': np.array([0.55, 0.70, 0.95]), 'dusk': np.array([0.45, 0.30, 0.28])
 CLASS_ID = {'car': 0, 'truck': 1, 'motorbike': 2}
 OCCLUDED_BELOW = 0.5
 THERMAL_CONTRAST_K = 1.5
-AUDIBLE_SNR_DB = -6.0   # tonal engine sound is still detectable somewhat below the broadband noise level
+AUDIBLE_SNR_DB = -6.0
+NOISY_BACKGROUNDS = 8   # noisy empty-scene renderings a frame starts from (see Renderer._empty_scenes)   # tonal engine sound is still detectable somewhat below the broadband noise level
 
 GT_FIELDS = ('id', 'class', 'box', 'distance_m', 'azimuth_deg', 'speed_mps', 'visible_fraction',
              'visible_rgb', 'visible_depth', 'visible_thermal', 'occluded', 'audible', 'level_db', 'engine_on')
@@ -136,24 +137,59 @@ class Renderer:
         t_sky = self.t_air - (25.0 if sc.weather == 'clear' else 5.0)
         self.bg_temp = self._fog_ir(np.where(self.bg_sky, t_sky, self.t_road), self.bg_range)
         self.bg_z = np.where(self.bg_sky, np.inf, self.bg_range * camera.z_per_range)
+        # per-frame scratch buffers: only pixels an object wins in this frame are ever read back
+        self._lin = np.empty((H, W, 3))
+        self._emis = np.empty((H, W, 3))
+        self._temp = np.empty((H, W))
+        self._backgrounds: Optional[list] = None
+
+    # ------------------------------------------------------------------ empty scene
+    def _empty_scenes(self) -> list:
+        """``NOISY_BACKGROUNDS`` noisy renderings (rgb, depth, thermal) of the empty scene, made once;
+        a frame starts from one of them, drawn at random, and renders only its object pixels.
+        Why: the empty scene is most of every image, and its sensor noise and depth dropouts
+        need not be drawn afresh each frame (that was most of the rendering time at 768x256)."""
+        if self._backgrounds is None:
+            H, W = self.cam.height, self.cam.width
+            g = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.sc.seed, 23])))
+            out = []
+            for _ in range(NOISY_BACKGROUNDS):
+                noisy = self.bg_disp + self._noise(g, 0, (H, W, 3)) * self.sigma_disp
+                rgb = np.clip(noisy * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                depth, _ = self._depth(self.bg_z, g, (H, W))
+                thermal = (self.bg_temp + self._noise(g, 2, (H, W)) * 0.1).astype(np.float32)
+                out.append((rgb, depth, thermal))
+            self._backgrounds = out
+        return self._backgrounds
+
+    def _depth(self, z: np.ndarray, rng: np.random.Generator, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """Depth sensor reading of true camera depths ``z``: range limit, dropouts growing towards
+        it, noise growing with z^2; float32 with NaN for no return, and the validity mask."""
+        with np.errstate(invalid='ignore'):
+            zq = z * (1.0 / self.depth_range)
+            p_drop = 0.02 + 0.5 * (zq * zq) ** 2
+            valid = (zq <= 1.0) & (self._uniform(rng, shape) >= p_drop)
+        zv = np.where(valid, z, 0.0)
+        zn = zv + self._noise(rng, 1, shape) * (0.01 + 0.0015 * zv * zv)
+        return np.where(valid, zn, np.nan).astype(np.float32), valid
 
     # ------------------------------------------------------------------ noise
-    def _pool(self, which: int, size: int) -> np.ndarray:
-        """Per-scenario pool of standard normals (which < 3) or uniforms; frames take random windows of it,
-        which is much cheaper than drawing fresh noise for three images every frame."""
-        key = (which, size)
-        pool = self._pools.get(key)
+    def _pool(self, which: int) -> np.ndarray:
+        """Per-scenario pool of standard normals (which < 3) or uniforms, four full RGB images long;
+        draws take random windows of it, which is much cheaper than drawing fresh noise for three
+        images every frame."""
+        pool = self._pools.get(which)
         if pool is None:
             g = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.sc.seed, 22, which])))
-            n = 4 * size
+            n = 4 * self.cam.height * self.cam.width * 3
             pool = g.random(n, dtype=np.float32) if which == 3 else g.standard_normal(n, dtype=np.float32)
-            self._pools[key] = pool
+            self._pools[which] = pool
         return pool
 
     def _noise(self, rng: np.random.Generator, which: int, shape: tuple) -> np.ndarray:
         size = int(np.prod(shape))
-        pool = self._pool(which, size)
-        off = int(rng.integers(0, len(pool) - size))
+        pool = self._pool(which)
+        off = int(rng.integers(0, len(pool) - size + 1))
         return pool[off:off + size].reshape(shape)
 
     def _uniform(self, rng: np.random.Generator, shape: tuple) -> np.ndarray:
@@ -251,9 +287,7 @@ class Renderer:
         zr = self.bg_range.copy()
         zr[self.bg_sky] = np.inf
         idb = np.full((H, W), -1, np.int32)
-        lin = np.zeros((H, W, 3))
-        emis = np.zeros((H, W, 3))
-        temp = np.zeros((H, W))
+        lin, emis, temp = self._lin, self._emis, self._temp
         o = cam.position
         recs = []
         for k, (kind, obj, lo, hi) in enumerate(self._objects(t)):
@@ -294,32 +328,32 @@ class Renderer:
 
         obj_px = idb >= 0
         sel = np.nonzero(obj_px)
+        n_o = len(sel[0])
         r_o = zr[sel]
+        bg_rgb, bg_depth, bg_thermal = self._empty_scenes()[int(rng.integers(NOISY_BACKGROUNDS))]
         # RGB: lit albedo + emission, fog, exposure, display gamma (object pixels only; the empty scene is cached)
         lit = lin[sel] * (self.light + self._headlight(r_o, self.cone[sel]))[:, None] + emis[sel]
         disp_o = self._display(self._fog(lit, r_o))
-        disp = self.bg_disp.copy()
-        disp[sel] = disp_o
         rgb_vis = np.zeros((H, W), bool)
         rgb_vis[sel] = np.abs(disp_o - self.bg_disp[sel]).max(-1) > 3 * self.sigma_disp + 0.02
-        noisy = disp + self._noise(rng, 0, (H, W, 3)) * self.sigma_disp
-        rgb = np.clip(noisy * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        # depth (camera z)
-        z = self.bg_z.copy()
-        z[sel] = r_o * cam.z_per_range[sel]
-        with np.errstate(invalid='ignore'):
-            zq = z * (1.0 / self.depth_range)
-            p_drop = 0.02 + 0.5 * (zq * zq) ** 2
-            valid = (zq <= 1.0) & (self._uniform(rng, (H, W)) >= p_drop)
-        zv = np.where(valid, z, 0.0)
-        zn = zv + self._noise(rng, 1, (H, W)) * (0.01 + 0.0015 * zv * zv)
-        depth = np.where(valid, zn, np.nan).astype(np.float32)
+        rgb = bg_rgb.copy()
+        if n_o:
+            noisy = disp_o + self._noise(rng, 0, (n_o, 3)) * self.sigma_disp
+            rgb[sel] = np.clip(noisy * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        # depth (camera z); the empty scene's returns come with the cached background
+        valid = ~np.isnan(bg_depth)
+        depth = bg_depth.copy()
+        if n_o:
+            d_o, valid_o = self._depth(r_o * cam.z_per_range[sel], rng, (n_o,))
+            depth[sel] = d_o
+            valid[sel] = valid_o
         # thermal
-        th = self.bg_temp.copy()
-        th[sel] = self._fog_ir(temp[sel], r_o)
+        th_o = self._fog_ir(temp[sel], r_o)
         th_vis = np.zeros((H, W), bool)
-        th_vis[sel] = np.abs(th[sel] - self.bg_temp[sel]) > THERMAL_CONTRAST_K
-        thermal = (th + self._noise(rng, 2, (H, W)) * 0.1).astype(np.float32)
+        th_vis[sel] = np.abs(th_o - self.bg_temp[sel]) > THERMAL_CONTRAST_K
+        thermal = bg_thermal.copy()
+        if n_o:
+            thermal[sel] = (th_o + self._noise(rng, 2, (n_o,)) * 0.1).astype(np.float32)
 
         gt = self._ground_truth(t, recs, idb, rgb_vis, valid, th_vis)
         return rgb, depth, thermal, gt
