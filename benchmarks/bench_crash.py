@@ -34,9 +34,10 @@ def summarize(trials: list) -> dict:
     summary = {}
     for writer in sorted({t['writer'] for t in trials}):
         ts = [t for t in trials if t['writer'] == writer]
-        ok = [t for t in ts if t['prefix_intact'] and t['independent_reader_count'] == t.get('recovered_total',
-                                                                                                t['recovered'])]
-        summary[writer] = {'killed': len(ts), 'recovered_readable': len(ok),
+        empty = [t for t in ts if 'note' in t]        # killed before anything reached the disk
+        ok = [t for t in ts if 'note' not in t and t['prefix_intact'] and
+              t['independent_reader_count'] == t.get('recovered_total', t['recovered'])]
+        summary[writer] = {'killed': len(ts), 'recovered_readable': len(ok), 'nothing_on_disk_yet': len(empty),
                            'with_messages': sum(1 for t in ts if t['recovered'] > 0),
                            'max_lost_in_one_kill': max((t['lost'] for t in ts if 'lost' in t), default=None),
                            'max_discarded_bytes': max((t.get('discarded_bytes', 0) for t in ts), default=0)}

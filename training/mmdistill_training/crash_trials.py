@@ -116,19 +116,37 @@ def recorder_trial(executor, out: Path, run_s: float, storage: str = 'mcap', rat
             'recovered_total': report.total, 'discarded_bytes': report.discarded_bytes}
 
 
+def _flushed(bag: Path) -> bool:
+    """Whether the writer of ``bag`` has put a message on disk yet."""
+    from mmdistill_common.bagio import storage_files
+    files = storage_files(bag) if bag.is_dir() else []
+    if not files:
+        return False
+    if files[0].suffix == '.mcap':
+        return files[0].stat().st_size > 200          # more than the MCAP header: the first chunk
+    try:
+        con = sqlite3.connect(f'file:{files[0]}?mode=ro', uri=True, timeout=0.1)
+        try:
+            return con.execute('SELECT count(*) FROM messages').fetchone()[0] > 0
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+
+
 def sim_trial(out: Path, kill_after_s: float, scenario: str = 'day-static', duration_s: float = 20.0,
               storage: str = 'mcap', images: bool = True, seed: int = 0, start_timeout: float = 300.0) -> Optional[dict]:
-    """SIGKILL ``mmdistill sim`` ``kill_after_s`` s after it created its bag file, recover and compare
+    """SIGKILL ``mmdistill sim`` ``kill_after_s`` s after its first message reached the disk, recover and compare
     with a clean run of the same seeded scenario; None when the simulation finished before the kill."""
-    from mmdistill_common.bagio import storage_files
     from mmdistill_common.testing import assert_msg_equal, wait_for
     cmd = [sys.executable, '-m', 'mmdistill_training.cli', 'sim', '--scenario', scenario, '--out', str(out),
            '--duration', str(duration_s), '--seed', str(seed), '--storage', storage]
     if not images:
         cmd.append('--no-images')
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # the start-up (imports) takes seconds and varies with the load: time the kill from the bag's creation
-    wait_for(lambda: proc.poll() is not None or (out.is_dir() and bool(storage_files(out))), start_timeout, 0.01)
+    # start-up and the first frame take seconds and vary with the load: time the kill from the bag's
+    # first flush (its first message on disk)
+    wait_for(lambda: proc.poll() is not None or _flushed(out), start_timeout, 0.01)
     try:
         proc.wait(timeout=kill_after_s)
         return None
