@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .head import assign_targets, detection_loss
 from .detector import TeacherDetector
 
-__all__ = ['train_teacher', 'hflip_boxes', 'seed_everything']
+__all__ = ['train_teacher', 'hflip_boxes', 'crop_boxes', 'seed_everything']
 
 
 def seed_everything(seed: int) -> None:
@@ -34,6 +34,19 @@ def hflip_boxes(boxes: np.ndarray, width: float) -> np.ndarray:
     return b
 
 
+def crop_boxes(boxes: np.ndarray, x0: float, width: float, min_kept: float = 0.3) -> np.ndarray:
+    """xyxy boxes seen through a horizontal crop [x0, x0 + width): shifted by -x0 and clipped to it.
+
+    A box keeps its place when at least ``min_kept`` of its width lies inside the crop; a
+    smaller remnant is dropped (a sliver at the crop edge is no vehicle one could localise).
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+    w = b[:, 2] - b[:, 0]
+    b[:, [0, 2]] = np.clip(b[:, [0, 2]] - x0, 0.0, width)
+    keep = (b[:, 2] - b[:, 0]) >= min_kept * np.maximum(w, 1e-9)
+    return b[keep & (b[:, 2] > b[:, 0])]
+
+
 def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -48,8 +61,8 @@ def train_teacher(model: TeacherDetector, images: Union[Sequence[np.ndarray], to
                   grad_clip: Optional[float] = 10.0, box_loss: str = 'giou',
                   max_steps: Optional[int] = None, progress: bool = True,
                   val_fn: Optional[Callable[[TeacherDetector, int], Dict[str, float]]] = None,
-                  init_seed: Optional[int] = None, device: Union[str, torch.device] = 'cpu'
-                  ) -> Dict[str, list]:
+                  init_seed: Optional[int] = None, device: Union[str, torch.device] = 'cpu',
+                  crop_width: Optional[int] = None) -> Dict[str, list]:
     """Train ``model`` in place with AdamW, linear warm-up and cosine decay (to 5 % of ``lr``).
 
     Args:
@@ -59,6 +72,9 @@ def train_teacher(model: TeacherDetector, images: Union[Sequence[np.ndarray], to
         labels_list: per image (N_i,) class indices (default: all class 0).
         hflip: flip each sample horizontally with probability 0.5 (boxes mirrored).
         max_steps: stop after this many optimizer steps (over all epochs).
+        crop_width: train on random horizontal crops this wide (boxes through :func:`crop_boxes`):
+            the detector is fully convolutional, so a crop costs its share of the image and the
+            full image is still what it sees at inference; None = whole images.
         val_fn: called as ``val_fn(model, epoch)`` after every epoch (model in eval
             mode); its returned dict is appended to ``history['val']``.
         init_seed: if given, re-initialise the model's parameters from this seed first.
@@ -86,6 +102,9 @@ def train_teacher(model: TeacherDetector, images: Union[Sequence[np.ndarray], to
     model.to(device)
     cfg = model.config
     width, height = cfg.input_size
+    if crop_width is not None and not 0 < int(crop_width) <= width:
+        raise ValueError(f'crop_width must be in 1..{width}, got {crop_width}')
+    cw = width if crop_width is None else int(crop_width)
     k = len(cfg.class_names)
     gen = torch.Generator().manual_seed(int(seed))
     rng = np.random.default_rng(int(seed))
@@ -117,14 +136,18 @@ def train_teacher(model: TeacherDetector, images: Union[Sequence[np.ndarray], to
                 for i in idx:
                     x = images[i] if pre else model.preprocess(images[i])
                     b = np.asarray(boxes_list[i], dtype=np.float64).reshape(-1, 4)
+                    if cw < width:
+                        x0 = int(rng.integers(0, width - cw + 1))
+                        x = x[..., x0:x0 + cw]
+                        b = crop_boxes(b, x0, cw)
                     if hflip and rng.random() < 0.5:
                         x = torch.flip(x, dims=[-1])
-                        b = hflip_boxes(b, width)
+                        b = hflip_boxes(b, cw)
                     xs.append(x)
                     bs.append(b)
                     ls.append(None if labels_list is None else np.asarray(labels_list[i]))
                 x = torch.stack(xs).to(device)
-                targets = assign_targets(bs, (width, height), cfg.strides,
+                targets = assign_targets(bs, (cw, height), cfg.strides,
                                          None if labels_list is None else ls, num_classes=k)
                 for g in opt.param_groups:
                     g['lr'] = _lr_at(step, total, lr, warmup)

@@ -39,6 +39,7 @@ from mmdistill_common.errors import ConfigError
 from .detector import SENSOR_CHANNELS, TeacherConfig, TeacherDetector
 
 __all__ = ['FORMAT', 'FORMAT_VERSION', 'METADATA_KEY', 'save_teacher', 'load_teacher', 'read_metadata',
+           'fusion_path', 'save_fusion_config', 'load_fusion_config',
            'teacher_path', 'load_teachers']
 
 FORMAT = 'mmdistill-teacher'
@@ -186,3 +187,47 @@ def load_teachers(directory: PathLike, modalities=('rgb', 'depth', 'thermal'),
     if not directory.is_dir():
         raise ConfigError(f'teachers directory not found: {directory}')
     return {m: load_teacher(teacher_path(directory, m), modality=m, device=device) for m in modalities}
+
+
+FUSION_FORMAT = 'mmdistill-fusion'
+
+
+def fusion_path(directory: PathLike) -> Path:
+    """Where a teachers directory keeps its calibrated fusion: ``DIR/fusion.json``."""
+    return Path(directory) / 'fusion.json'
+
+
+def save_fusion_config(config, directory: PathLike, info: Optional[dict] = None) -> Path:
+    """Write a :class:`~mmdistill_teachers.labelling.FusionConfig` (thresholds, method, IoU) as
+    ``DIR/fusion.json``, with ``info`` (how it was calibrated) beside it."""
+    path = fusion_path(directory)
+    doc = {'format': FUSION_FORMAT, 'format_version': 1,
+           'score_thresholds': {m: float(config.score_thresholds[m]) for m in config.modalities},
+           'method': config.method, 'iou_threshold': float(config.iou_threshold),
+           'max_detections': int(config.max_detections), 'modalities': list(config.modalities),
+           'calibration': info or {}}
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(json.dumps(doc, indent=2) + '\n')
+    os.replace(tmp, path)
+    return path
+
+
+def load_fusion_config(directory: PathLike):
+    """The teachers directory's calibrated :class:`~mmdistill_teachers.labelling.FusionConfig`, or
+    None when it has no ``fusion.json`` (teachers trained before calibration existed)."""
+    from .labelling import FusionConfig
+    path = fusion_path(directory)
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f'{path}: not readable JSON ({exc})') from None
+    if not isinstance(doc, dict) or doc.get('format') != FUSION_FORMAT:
+        raise ConfigError(f'{path}: not a {FUSION_FORMAT} file')
+    try:
+        return FusionConfig(score_thresholds=dict(doc['score_thresholds']), method=doc['method'],
+                            iou_threshold=float(doc['iou_threshold']), modalities=tuple(doc['modalities']),
+                            max_detections=int(doc.get('max_detections', 50)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f'{path}: bad fusion config ({exc})') from None

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mmdistill_teachers.detector import TeacherDetector
-from mmdistill_teachers.training import hflip_boxes, train_teacher
+from mmdistill_teachers.training import crop_boxes, hflip_boxes, train_teacher
 
 
 def tiny(modality='thermal', seed=0):
@@ -77,3 +77,23 @@ def test_training_input_errors():
         train_teacher(tiny(), ims, boxes[:1], progress=False)
     with pytest.raises(ValueError, match='no training images'):
         train_teacher(tiny(), [], [], progress=False)
+
+
+def test_crop_boxes_shift_clip_and_drop_slivers():
+    b = np.array([[10, 5, 30, 20], [90, 0, 130, 10], [95, 0, 110, 10], [140, 0, 150, 10]], float)
+    c = crop_boxes(b, 100, 32)           # crop [100, 132)
+    # first and last are outside, the second keeps 30 of 40 px, the third 10 of 15 px
+    assert np.allclose(c, [[0, 0, 30, 10], [0, 0, 10, 10]])
+    assert len(crop_boxes(np.array([[98, 0, 110, 10]], float), 100, 32, min_kept=0.9)) == 0
+
+
+def test_crop_training_is_deterministic_and_learns():
+    ims, boxes = data(n=8)
+    hs = []
+    for _ in range(2):
+        m = tiny()
+        hs.append(train_teacher(m, ims, boxes, epochs=3, batch_size=4, seed=1, progress=False, crop_width=32))
+    assert hs[0]['step_loss'] == hs[1]['step_loss']
+    assert hs[0]['loss'][-1] < hs[0]['loss'][0]
+    with pytest.raises(ValueError, match='crop_width'):
+        train_teacher(tiny(), ims, boxes, epochs=1, progress=False, crop_width=65)

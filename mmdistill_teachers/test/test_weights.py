@@ -7,7 +7,9 @@ from safetensors.torch import load_file, save_file
 
 from mmdistill_common.errors import ConfigError
 from mmdistill_teachers.detector import TeacherDetector
-from mmdistill_teachers.weights import FORMAT_VERSION, METADATA_KEY, load_teacher, read_metadata, save_teacher
+from mmdistill_teachers.labelling import FusionConfig
+from mmdistill_teachers.weights import (FORMAT_VERSION, METADATA_KEY, fusion_path, load_fusion_config, load_teacher,
+                                      read_metadata, save_fusion_config, save_teacher)
 
 
 def tiny(modality='depth', **kw):
@@ -111,3 +113,18 @@ def test_non_json_training_info(tmp_path):
     with pytest.raises(ConfigError, match='JSON'):
         save_teacher(tiny(), tmp_path / 'x.safetensors', training_info={'a': object()})
     assert not (tmp_path / 'x.safetensors').exists()
+
+
+def test_fusion_config_round_trip_and_errors(tmp_path):
+    assert load_fusion_config(tmp_path) is None          # teachers trained before calibration existed
+    cfg = FusionConfig({'rgb': 0.3, 'depth': 0.45, 'thermal': 0.25}, 0.5, 'wbf')
+    save_fusion_config(cfg, tmp_path, {'drives': ['d-1']})
+    back = load_fusion_config(tmp_path)
+    assert back.score_thresholds == cfg.score_thresholds and back.method == 'wbf' and back.modalities == cfg.modalities
+    assert json.loads(fusion_path(tmp_path).read_text())['calibration'] == {'drives': ['d-1']}
+    fusion_path(tmp_path).write_text('{"format": "other"}')
+    with pytest.raises(ConfigError, match='not a mmdistill-fusion'):
+        load_fusion_config(tmp_path)
+    fusion_path(tmp_path).write_text('{"format": "mmdistill-fusion", "method": "max"}')
+    with pytest.raises(ConfigError, match='bad fusion config'):
+        load_fusion_config(tmp_path)

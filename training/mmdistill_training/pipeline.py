@@ -151,7 +151,6 @@ def run_demo(out: Path, plan: DemoPlan, quick: bool) -> Path:
     from .dataset_build import split_by_rule
     split = split_by_rule([(d, d.rsplit('-', 1)[0]) for d in drives])
     train_drives = split['train']
-    held_out = split['val'] + split['test']
 
     # 1. simulate ------------------------------------------------------------------------
     name = 'simulate'
@@ -181,10 +180,12 @@ def run_demo(out: Path, plan: DemoPlan, quick: bool) -> Path:
     # 2. teachers ------------------------------------------------------------------------
     name = 'teachers'
     teachers = out / 'teachers'
+    # fusion thresholds and method calibrated on the val drives only; the test drives are scored by
+    # `teachers evaluate` below; three teachers side by side, one thread each
     targs = ['teachers', 'train', '--bags', *[bags[d] for d in train_drives],
-             '--val-bags', *[bags[d] for d in held_out], '--out', teachers,
+             '--val-bags', *[bags[d] for d in split['val']], '--out', teachers,
              '--epochs', plan.teacher_epochs, '--frame-stride', plan.teacher_frame_stride,
-             '--max-steps', plan.teacher_max_steps, '--force']
+             '--max-steps', plan.teacher_max_steps, '--jobs', 3, '--force']
     eargs = ['teachers', 'evaluate', '--teachers', teachers, '--bags', *[bags[d] for d in split['test']],
              '--out', teachers / 'evaluation.json', '--report', teachers / 'evaluation', '--no-progress']
     st.commands[name] = ['mmdistill ' + ' '.join(str(a).replace(str(out) + '/', '') for a in args)

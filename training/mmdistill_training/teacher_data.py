@@ -288,7 +288,7 @@ def simulator_frames(sim, modalities: Sequence[str] = MODALITIES, frame_stride: 
     return out
 
 
-def split_drives(drives: Mapping[str, str]) -> Tuple[List[str], List[str]]:
+def split_drives(drives: Mapping[str, str], test_apart: bool = False):
     """Train / validation drives for the teachers, by drive, never by frame.
 
     ``drives``: drive name -> scenario. The rule of docs/data-formats.md §3 (drives grouped by
@@ -296,11 +296,13 @@ def split_drives(drives: Mapping[str, str]) -> Tuple[List[str], List[str]]:
     before them val when n >= 3; a group of 2 gives one train and one test drive; a group of 1
     is train). The teachers train on its **train** drives and are validated on the val + test
     drives, so that no drive the student is later evaluated on was seen by a teacher.
+    With ``test_apart`` it returns ``(train, val, test)``: the fusion is calibrated on ``val``
+    only, never on the drives the student is tested on.
     """
     groups: Dict[str, List[str]] = {}
     for name, scen in drives.items():
         groups.setdefault(scen, []).append(name)
-    train, val = [], []
+    train, held, val, test = [], [], [], []
     for scen in sorted(groups):
         names = sorted(groups[scen])
         n = len(names)
@@ -308,7 +310,9 @@ def split_drives(drives: Mapping[str, str]) -> Tuple[List[str], List[str]]:
             train += names
             continue
         k = max(1, round(0.15 * n))
-        held = k + (k if n >= 3 else 0)
-        train += names[:n - held]
-        val += names[n - held:]
-    return train, val
+        n_held = k + (k if n >= 3 else 0)
+        train += names[:n - n_held]
+        held += names[n - n_held:]
+        val += names[n - n_held:n - k]
+        test += names[n - k:]
+    return (train, val, test) if test_apart else (train, held)

@@ -243,6 +243,9 @@ def evaluate_teacher_bags(teachers_dir: Path, bags: Sequence[Path], modalities: 
         if not modalities:
             raise ConfigError(f'no teacher weights (<modality>.safetensors) in {teachers_dir}')
     teachers = load_teachers(teachers_dir, modalities=tuple(modalities))
+    if fusion_config is None:   # the fusion `mmdistill label` applies: the directory's calibrated fusion.json
+        from mmdistill_teachers.weights import load_fusion_config
+        fusion_config = load_fusion_config(teachers_dir)
     frames = read_eval_frames(bags, modalities, truth_topic, frame_stride, progress)
     preds = predict_frames(teachers, frames, score_threshold=SCORE_FLOOR, progress=progress)
     results = evaluate_methods(preds, frames.frames, frames.image_size, fusion_config)

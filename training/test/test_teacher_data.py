@@ -43,7 +43,8 @@ def test_bag_frames_match_simulator(bag):
     ref = simulator_frames(Simulator(scenario()), frame_stride=1)
     assert len(fs) == len(ref) == 10
     assert fs.drives['drive-a']['scenario'] == 'dense-traffic'
-    assert fs.image_size == (384, 128)
+    cam = scenario().camera
+    assert fs.image_size == (cam.width, cam.height)
     assert sum(len(f.boxes) for f in fs.frames) > 0
     for a, b in zip(fs.frames, ref.frames):
         assert a.stamp_ns == b.stamp_ns
@@ -124,6 +125,9 @@ def test_split_drives_rule():
     assert tr == ['a1', 'b1', 'c0', 'c1', 'c2', 'c3', 'c4'] and va == ['b2', 'c5', 'c6']
     tr, va = split_drives({'x': 'S', 'y': 'S', 'z': 'S'})
     assert tr == ['x'] and va == ['y', 'z']
+    # the fusion is calibrated on val only: test drives apart
+    assert split_drives({'x': 'S', 'y': 'S', 'z': 'S'}, test_apart=True) == (['x'], ['y'], ['z'])
+    assert split_drives({'b1': 'B', 'b2': 'B'}, test_apart=True) == (['b1'], [], ['b2'])
 
 
 def test_conditions():

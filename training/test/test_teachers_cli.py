@@ -4,13 +4,16 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from mmdistill_sim.scenario import load_scenario
 from mmdistill_teachers.labelling import FusionConfig
 from mmdistill_teachers.weights import load_teachers, read_metadata
 from mmdistill_training.cli import main
 from mmdistill_training.commands.sim import write_bag
-from mmdistill_training.commands.teachers import evaluate_predictions, evaluate_teachers
+from mmdistill_training.commands.teachers import (TeacherTrainConfig, ap50, calibrate_fusion, evaluate_predictions,
+                                                  evaluate_teachers, train_and_predict)
+from mmdistill_training.metrics import detection_ap, reference_frame
 from mmdistill_training.teacher_data import TeacherFrame
 
 
@@ -63,6 +66,9 @@ def test_writes_teachers_metrics_report_examples(trained, bags):
     assert len(pngs) == 1 and pngs[0].read_bytes()[:4] == b'\x89PNG'      # one val drive -> one example
     assert f'examples/{pngs[0].name}' in report
     assert not list(trained.glob('*.tmp'))
+    # two drives: one train, one test, no val drive to calibrate the fusion on -> defaults, said so
+    assert json.loads((trained / 'fusion.json').read_text())['calibration'] == {'default': True}
+    assert '## Under the evaluation rule' in report and metrics['evaluation_rule']['fused']['ground_truth']
 
 
 def test_existing_output_needs_force(trained, bags, capsys):
@@ -125,3 +131,63 @@ def test_evaluation_scores_perfect_and_blind_teachers():
     one = [dataclasses.replace(frames[0], images={'thermal': np.zeros((1, 1), np.float32)})]
     ev2 = evaluate_teachers({'thermal': Fixed()}, one)
     assert ev2['operating_point']['fused_nms']['all']['AP50'] == pytest.approx(1.0)
+
+
+def _calibration_frames(n=12, seed=0):
+    """Frames with one audible vehicle each; rgb finds it by day with a low score and puts a
+    confident false box elsewhere at night; thermal finds it always, with a medium score."""
+    rng = np.random.default_rng(seed)
+    frames, rgb, thermal = [], [], []
+    for i in range(n):
+        x = float(rng.uniform(20, 200))
+        gt = np.array([[x, 40, x + 50, 80]])
+        tags = {'time_of_day': 'night' if i % 2 else 'day', 'weather': 'clear', 'ego_motion': 'static',
+                'scenario': 's', 'occluded': False}
+        vis = {m: np.ones(1) for m in ('rgb', 'depth', 'thermal')}
+        frames.append(TeacherFrame(f'd{i % 3}', i, {}, gt, np.arange(1), ['car'], vis, np.zeros(1, bool), tags,
+                                   audible=np.ones(1, bool), distance=np.full(1, 20.0), engine_on=np.ones(1, bool)))
+        false = np.array([[300, 10, 340, 40]], np.float32)
+        rgb.append({'boxes': (false if i % 2 else gt.astype(np.float32)),
+                    'scores': np.array([0.65 if i % 2 else 0.3], np.float32)})
+        thermal.append({'boxes': gt.astype(np.float32) + 1, 'scores': np.array([0.45], np.float32)})
+    return frames, {'rgb': rgb, 'thermal': thermal}
+
+
+def test_ap50_matches_detection_ap():
+    frames, preds = _calibration_frames()
+    from mmdistill_training.teacher_eval import truth_frame
+    truths = [reference_frame(truth_frame(f)) for f in frames]
+    for p in preds.values():
+        assert ap50(p, truths) == pytest.approx(detection_ap(p, truths, per_class=False)['AP50'])
+
+
+def test_calibrate_fusion_finds_thresholds_that_drop_the_confident_false_boxes():
+    frames, preds = _calibration_frames()
+    cfg, info = calibrate_fusion(preds, frames)
+    # thermal alone at <= 0.45 finds every vehicle; rgb must be cut above its confident false boxes (0.65)
+    assert cfg.score_thresholds['thermal'] <= 0.45 and cfg.score_thresholds['rgb'] > 0.65
+    assert info['chosen']['AP50']['all'] == pytest.approx(1.0)
+    assert info['chosen']['worst'] == pytest.approx(1.0)
+    assert cfg.method in ('nms', 'wbf') and set(info['per_method']) == {'nms', 'wbf'}
+    assert info['drives'] == ['d0', 'd1', 'd2'] and len(info['search']) > 10
+
+
+def test_teachers_side_by_side_equal_one_after_another():
+    rng = np.random.default_rng(3)
+    frames = []
+    for i in range(6):
+        x = int(rng.integers(0, 40))
+        th = np.full((32, 64), 285.0, np.float32)
+        th[8:20, x:x + 20] = 330.0
+        rgb = np.zeros((32, 64, 3), np.uint8)
+        rgb[8:20, x:x + 20] = 200
+        frames.append(TeacherFrame('d', i, {'rgb': rgb, 'thermal': th}, np.array([[x, 8, x + 20, 20]], float),
+                                   np.arange(1), ['car'], {'rgb': np.ones(1), 'thermal': np.ones(1)},
+                                   np.zeros(1, bool), {}))
+    cfg = TeacherTrainConfig(epochs=1, batch_size=3, width=4, fpn_channels=8, max_steps=2)
+    one, p1 = train_and_predict(frames, frames[:2], ['rgb', 'thermal'], cfg, jobs=1, progress=False)
+    two, p2 = train_and_predict(frames, frames[:2], ['rgb', 'thermal'], cfg, jobs=2, progress=False)
+    for m in ('rgb', 'thermal'):
+        s1, s2 = one[m]['model'].state_dict(), two[m]['model'].state_dict()
+        assert all(torch.equal(s1[k], s2[k]) for k in s1) and one[m]['steps'] == two[m]['steps'] == 2
+        assert all(np.array_equal(a['boxes'], b['boxes']) for a, b in zip(p1[m], p2[m]))

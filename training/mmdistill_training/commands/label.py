@@ -19,9 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--out', type=Path, required=True, help='labelled bag to create (must not exist)')
     parser.add_argument('--thresholds', default=None, metavar='T',
                         help="fusion score thresholds: one number for all teachers or "
-                             "'rgb=0.5,depth=0.5,thermal=0.5' (default 0.5 each)")
-    parser.add_argument('--method', choices=('nms', 'wbf'), default='nms',
-                        help='fusion: class-agnostic NMS over the union (paper, default) or weighted box fusion')
+                             "'rgb=0.5,depth=0.5,thermal=0.5' (default: the teachers directory's "
+                             "calibrated fusion.json, else 0.5 each)")
+    parser.add_argument('--method', choices=('nms', 'wbf'), default=None,
+                        help='fusion: class-agnostic NMS over the union (paper) or weighted box fusion '
+                             "(default: the teachers directory's fusion.json, else nms)")
     parser.add_argument('--iou', type=float, default=0.5, help='fusion IoU threshold (default 0.5)')
     parser.add_argument('--max-detections', type=int, default=50, help='pseudo-label boxes per frame (default 50)')
     parser.add_argument('--images', action='store_true', help='also copy the camera images and camera_info')
@@ -38,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mmdistill_teachers.labelling import FusionConfig
-    from mmdistill_teachers.weights import load_teachers
+    from mmdistill_teachers.weights import load_fusion_config, load_teachers
 
     from ..labelling_offline import label_bag, parse_thresholds
 
@@ -46,8 +48,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f'{args.out} already exists; choose a new bag path')
     if not args.bag.exists():
         raise ConfigError(f'input bag {args.bag} does not exist')
-    fusion = FusionConfig(score_thresholds=parse_thresholds(args.thresholds), iou_threshold=args.iou,
-                          method=args.method, max_detections=args.max_detections)
+    calibrated = load_fusion_config(args.teachers) if args.teachers.is_dir() else None
+    thresholds = parse_thresholds(args.thresholds) if args.thresholds is not None or calibrated is None \
+        else dict(calibrated.score_thresholds)
+    method = args.method or (calibrated.method if calibrated is not None else 'nms')
+    fusion = FusionConfig(score_thresholds=thresholds, iou_threshold=args.iou, method=method,
+                          max_detections=args.max_detections)
     teachers = load_teachers(args.teachers, modalities=fusion.modalities, device=args.device)
     stats = label_bag(args.bag, teachers, args.out, fusion, images=args.images, progress=not args.no_progress,
                       batch_size=args.batch_size, slop=args.slop, storage=args.storage,
