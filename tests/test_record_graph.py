@@ -31,8 +31,9 @@ def data(tmp_path_factory):
     from mmdistill_sim.scenario import load_scenario
     d = tmp_path_factory.mktemp('graph')
     torch.set_num_threads(1)
-    save_sharp_teachers(d / 'teachers')
-    write_bag(dataclasses.replace(load_scenario('day-static'), duration_s=2.0), d / 'sim', progress=False)
+    scenario = dataclasses.replace(load_scenario('day-static'), duration_s=2.0)
+    save_sharp_teachers(d / 'teachers', input_size=(scenario.camera.width, scenario.camera.height))
+    write_bag(scenario, d / 'sim', progress=False)
     return d
 
 

@@ -23,8 +23,8 @@ def data(tmp_path_factory):
     from mmdistill_sim.scenario import load_scenario
     d = tmp_path_factory.mktemp('label')
     torch.set_num_threads(1)
-    save_sharp_teachers(d / 'teachers')
     scenario = dataclasses.replace(load_scenario('day-static'), duration_s=1.5)
+    save_sharp_teachers(d / 'teachers', input_size=(scenario.camera.width, scenario.camera.height))
     write_bag(scenario, d / 'sim', progress=False)
     return d
 
