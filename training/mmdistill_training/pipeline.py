@@ -185,7 +185,7 @@ def run_demo(out: Path, plan: DemoPlan, quick: bool) -> Path:
     targs = ['teachers', 'train', '--bags', *[bags[d] for d in train_drives],
              '--val-bags', *[bags[d] for d in split['val']], '--out', teachers,
              '--epochs', plan.teacher_epochs, '--frame-stride', plan.teacher_frame_stride,
-             '--max-steps', plan.teacher_max_steps, '--jobs', 3, '--force']
+             '--max-steps', plan.teacher_max_steps, '--force']
     eargs = ['teachers', 'evaluate', '--teachers', teachers, '--bags', *[bags[d] for d in split['test']],
              '--out', teachers / 'evaluation.json', '--report', teachers / 'evaluation', '--no-progress']
     st.commands[name] = ['mmdistill ' + ' '.join(str(a).replace(str(out) + '/', '') for a in args)

@@ -128,7 +128,9 @@ def _train_and_predict_one(modality: str):
     st = _FORKED
     res = train_teachers(st['train'], [modality], st['config'], progress=False)[modality]
     preds = predict_frames({modality: res['model']}, st['val'])[modality] if st['val'] else None
-    res['state_dict'] = res.pop('model').state_dict()
+    # plain numpy, not tensors: torch's multiprocessing pickler shares tensors through a
+    # file-descriptor handshake that hung the demo's teacher stage (children stuck in a futex)
+    res['state_dict'] = {k: v.detach().numpy().copy() for k, v in res.pop('model').state_dict().items()}
     print(f"teacher {modality}: {res['steps']} steps in {res['wall_s']:.0f} s", flush=True)
     return modality, res, preds
 
@@ -144,6 +146,8 @@ def train_and_predict(train_frames, val_frames, modalities: Sequence[str], confi
     ``jobs=1`` (same seeds, CPU, one thread).
     """
     import multiprocessing as mp
+
+    import torch
 
     mods = list(modalities)
     val = _frames_of(val_frames) if val_frames is not None else []
@@ -164,7 +168,7 @@ def train_and_predict(train_frames, val_frames, modalities: Sequence[str], confi
     for m, res, p in results:
         model = TeacherDetector(m, input_size=(w, h), width=config.width, fpn_channels=config.fpn_channels,
                                 head_convs=config.head_convs)
-        model.load_state_dict(res.pop('state_dict'))
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in res.pop('state_dict').items()})
         trained[m] = {**res, 'model': model.eval()}
         if p is not None:
             preds[m] = p
