@@ -342,13 +342,19 @@ def _fusion_objective(predictions: Mapping[str, List[dict]], truths: List[dict],
     return {'AP50': ap, 'worst': worst, 'objective': ap['all'] + (0.0 if math.isnan(worst) else worst)}
 
 
+#: calibration frames at most (an even subsample of the validation frames): the search fuses and
+#: scores them ~50 times per method, which took over 10 min on the full demo's 960 frames
+CALIBRATION_MAX_FRAMES = 240
+
+
 def calibrate_fusion(predictions: Mapping[str, List[dict]], frames, iou_threshold: float = 0.5,
-                     thresholds: Sequence[float] = CALIBRATION_THRESHOLDS, rounds: int = 2):
+                     thresholds: Sequence[float] = CALIBRATION_THRESHOLDS, rounds: int = 2,
+                     max_frames: int = CALIBRATION_MAX_FRAMES):
     """Per-teacher score thresholds and the fusion method (NMS or WBF), chosen on ``frames``
     (validation drives only: calibrating on test drives would leak into every later score).
 
     For each method, coordinate ascent over the teachers' thresholds (``rounds`` sweeps over
-    ``thresholds``, from 0.5 each) of :func:`_fusion_objective` under the evaluation rule
+    ``thresholds``, from 0.5 each) on at most ``max_frames`` evenly spaced frames of :func:`_fusion_objective` under the evaluation rule
     (:func:`mmdistill_training.metrics.reference_frame`, headline ground truth); the better
     method wins. Returns ``(FusionConfig, info)`` with every tried point in ``info['search']``.
     """
@@ -357,6 +363,10 @@ def calibrate_fusion(predictions: Mapping[str, List[dict]], frames, iou_threshol
     from mmdistill_training.teacher_eval import truth_frame
 
     frames = _frames_of(frames)
+    if len(frames) > max_frames:
+        keep = np.linspace(0, len(frames) - 1, max_frames).round().astype(int)
+        frames = [frames[i] for i in keep]
+        predictions = {m: [p[i] for i in keep] for m, p in predictions.items()}
     mods = tuple(predictions)
     truths = [reference_frame(truth_frame(f)) for f in frames]
     groups: Dict[str, List[int]] = {'all': list(range(len(frames)))}
