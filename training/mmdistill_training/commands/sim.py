@@ -32,10 +32,11 @@ def load(args: argparse.Namespace):
         if not args.duration > 0:
             raise ConfigError(f'--duration must be > 0, got {args.duration}')
         scenario = dataclasses.replace(scenario, duration_s=float(args.duration))
-    if args.frame_rate is not None:
-        if not 0 < args.frame_rate <= 120:
-            raise ConfigError(f'--frame-rate must be in (0, 120] Hz, got {args.frame_rate}')
-        scenario = dataclasses.replace(scenario, frame_rate=float(args.frame_rate))
+    frame_rate = getattr(args, 'frame_rate', None)     # callers may build the namespace by hand
+    if frame_rate is not None:
+        if not 0 < frame_rate <= 120:
+            raise ConfigError(f'--frame-rate must be in (0, 120] Hz, got {frame_rate}')
+        scenario = dataclasses.replace(scenario, frame_rate=float(frame_rate))
     return scenario
 
 
