@@ -12,7 +12,7 @@ FS = 44100
 C = 343.0
 SC = scenario_from_dict({})
 MICS = SC.mic_array.positions()
-CAM = camera_dict(SC.camera)          # 384 x 128, fx 192 (90 deg), cx 192
+CAM = camera_dict(SC.camera)          # the scenario camera (90 deg horizontal FOV)
 
 
 def plane_waves(azimuths_deg, gains, n=FS // 2, seed=0, noise=0.05):
@@ -40,7 +40,7 @@ def test_azimuth_zero_is_image_centre_and_left_is_left():
     assert u[0] == pytest.approx(CAM['cx'])
     assert u[1] < CAM['cx'] < u[2]                     # left positive (REP 103) -> left of centre
     assert u[1] + u[2] == pytest.approx(2 * CAM['cx'])
-    assert u[3] == pytest.approx(CAM['cx'] - 192 * np.tan(np.radians(44.0)), abs=0.5)
+    assert u[3] == pytest.approx(CAM['cx'] - CAM['fx'] * np.tan(np.radians(44.0)), abs=0.5)
     assert np.isnan(u[4:]).all()                       # outside the 90-degree view, behind
 
 
