@@ -70,7 +70,8 @@ def test_sim_student_tracking_graph(executor, checkpoint):
         assert student.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert student.trigger_activate() == TransitionCallbackReturn.SUCCESS
         executor.add(student)
-        tracker = executor.add(TrackingNode(parameter_overrides=[Parameter('start_score', value=0.0)]))
+        tracker = executor.add(TrackingNode(parameter_overrides=[
+            Parameter('start_score', value=0.0), Parameter('image_width', value=W), Parameter('image_height', value=H)]))
         # the drive is long enough to survive slow discovery; it is stopped once tracks arrived
         ok = wait_for(lambda: len(tracks.messages) >= 8, timeout=25)
     finally:
@@ -133,7 +134,8 @@ def test_bad_input_keeps_nodes_publishing(executor, checkpoint, ros):
     info_pub.publish(audio_info(8, SR))
     assert wait_for(lambda: student._info is not None and student._info.channels == 8, timeout=10)
     assert student.trigger_activate() == TransitionCallbackReturn.SUCCESS
-    tracker = executor.add(TrackingNode(parameter_overrides=[Parameter('start_score', value=0.0)]))
+    tracker = executor.add(TrackingNode(parameter_overrides=[
+            Parameter('start_score', value=0.0), Parameter('image_width', value=W), Parameter('image_height', value=H)]))
     dets = executor.add(make_collector(topics.STUDENT_DETECTIONS, Detection2DArray, stream_qos()))
     tracks = executor.add(make_collector(topics.TRACKS, Detection2DArray, stream_qos()))
     assert wait_for(lambda: audio_pub.get_subscription_count() and det_pub.get_subscription_count() >= 2)
