@@ -24,18 +24,12 @@ import argparse
 import json
 import math
 import os
-import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-for _v in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
-    os.environ.setdefault(_v, '1')
-os.environ.setdefault('ROS_DOMAIN_ID', str(random.SystemRandom().randint(101, 200)))
-os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
-
+# bench_graph sets the thread counts, a private ROS domain and localhost discovery on import
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_graph import (CHUNK_S, RATE_HZ, audio_messages, make_checkpoints, proc_cpu_s,  # noqa: E402
                          start_graph, stop_graph)

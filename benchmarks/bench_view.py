@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -29,15 +28,12 @@ import threading
 import time
 from pathlib import Path
 
-for _v in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
-    os.environ.setdefault(_v, '1')
-os.environ.setdefault('ROS_DOMAIN_ID', str(random.SystemRandom().randint(101, 200)))
-os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
+# bench_graph sets the thread counts, a private ROS domain and localhost discovery on import
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_graph  # noqa: E402,F401
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_graph import proc_cpu_s  # noqa: E402
 from bench_sim import machine_info  # noqa: E402
 
