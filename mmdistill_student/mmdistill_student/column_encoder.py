@@ -27,7 +27,7 @@ and max over columns of the per-column features) feeds the counting pretext.
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Mapping, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -35,11 +35,13 @@ import torch.nn.functional as F
 
 from mmdistill_common.errors import ConfigError
 
+from .encoder import PyramidConfig
+
 __all__ = ['ColumnEncoderConfig', 'ColumnEncoder']
 
 
 @dataclasses.dataclass
-class ColumnEncoderConfig:
+class ColumnEncoderConfig(PyramidConfig):
     """``in_channels``/``columns``/``n_frames``: input size (derived from the front end);
     ``time_pool``: frames averaged before the stages; ``widths``: channels of the (column, time) stages, each halving time; ``column_depth``:
     residual 1-D convs along x; ``out_channels``: channels of every pyramid level;
@@ -96,23 +98,6 @@ class ColumnEncoderConfig:
             t = (t + 1) // 2
         return t
 
-    def level_shapes(self) -> List[Tuple[int, int]]:
-        W, H = self.image_size
-        return [(H // s, W // s) for s in self.strides]
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        for k in ('widths', 'strides', 'image_size'):
-            d[k] = list(d[k])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> 'ColumnEncoderConfig':
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f'ColumnEncoderConfig: unknown keys {sorted(unknown)}')
-        return cls(**dict(d))
 
 
 class _ColumnResidual(nn.Module):

@@ -30,12 +30,36 @@ import torch.nn.functional as F
 
 from mmdistill_common.errors import ConfigError
 
-__all__ = ['EncoderConfig', 'AudioEncoder', 'CountingHead', 'PretextModel',
+__all__ = ['PyramidConfig', 'EncoderConfig', 'AudioEncoder', 'CountingHead', 'PretextModel',
            'encoder_state_dict', 'load_encoder_state_dict']
 
 
+class PyramidConfig:
+    """What the student encoders' configs share: the pyramid's grid sizes and (de)serialisation
+    of a dataclass with ``widths``, ``strides`` and ``image_size`` tuples."""
+
+    def level_shapes(self) -> List[Tuple[int, int]]:
+        """(H, W) of P3, P4, P5: ``[(16, 48), (8, 24), (4, 12)]`` at strides 8/16/32 of 384x128."""
+        W, H = self.image_size
+        return [(H // s, W // s) for s in self.strides]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for k in ('widths', 'strides', 'image_size'):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f'{cls.__name__}: unknown keys {sorted(unknown)}')
+        return cls(**dict(d))
+
+
 @dataclasses.dataclass
-class EncoderConfig:
+class EncoderConfig(PyramidConfig):
     """``in_channels``: feature channels (``FrontendConfig.in_channels``);
     ``n_mels``/``n_frames``: input size; ``widths``: channels of the conv stages (each halves
     mel and time); ``depth``: convs per stage; ``embed_dim``: embedding size; ``out_channels``:
@@ -88,24 +112,6 @@ class EncoderConfig:
             bad('input too small for the number of stages')
         return self
 
-    def level_shapes(self) -> List[Tuple[int, int]]:
-        """(H, W) of P3, P4, P5: ``[(16, 48), (8, 24), (4, 12)]`` by default."""
-        W, H = self.image_size
-        return [(H // s, W // s) for s in self.strides]
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        for k in ('widths', 'strides', 'image_size'):
-            d[k] = list(d[k])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> 'EncoderConfig':
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f'EncoderConfig: unknown keys {sorted(unknown)}')
-        return cls(**dict(d))
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
