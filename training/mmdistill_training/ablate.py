@@ -133,7 +133,7 @@ def _train_row(exp: Experiment, dataset: Path, ds: DistillDataset, rows, d: Path
     extra = {'best_val': summary['best'], 'epochs_run': summary['epochs_run'],
              'parameters': int(sum(p.numel() for p in model.parameters())),
              'operating_point': meta.get('operating_point')}
-    return student_predictor(model, meta, DistillDataset(dataset))(rows), extra
+    return student_predictor(model, meta, ds)(rows), extra
 
 
 def run_ablation(dataset: Path, out: Path, names: Optional[Sequence[str]] = None,
