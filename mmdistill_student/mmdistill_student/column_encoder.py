@@ -15,7 +15,12 @@ rate and curvature carry distance for a moving source) instead of pooling it awa
    all columns) -> per-column features ``(B, width, columns)``, plus the window's column mean
    (scene context for separating simultaneous sources), then ``column_depth`` residual 1-D
    convolutions along x (dilations 1, 2, 4, ...).
-4. The vertical axis and box size come from per-column features: pooled onto the P3 grid's
+4. ``position`` > 0: each P3 column's features are joined with Fourier features of its image
+   x (``position`` of them) and mixed by a per-column 1x1 layer. Direction stays equivariant
+   (the stages above), but where a vehicle sits vertically and how big it is depend on its
+   bearing in a street (a car at the image edge is near, one at the vanishing point far), which a
+   strictly shift-equivariant decoder cannot express.
+5. The vertical axis and box size come from per-column features: pooled onto the P3 grid's
    columns when the directions are finer, a 1x1 map per column to ``out_channels x H3`` (the
    P3 rows of that column); P4 and P5
    are 2x2 average-pooled levels, each refined by a 1x1 conv (the detection head's 3x3 output
@@ -45,7 +50,8 @@ class ColumnEncoderConfig(PyramidConfig):
     """``in_channels``/``columns``/``n_frames``: input size (derived from the front end);
     ``time_pool``: frames averaged before the stages; ``widths``: channels of the (column, time) stages, each halving time; ``column_depth``:
     residual 1-D convs along x; ``out_channels``: channels of every pyramid level;
-    ``image_size``: (W, H); ``strides``: pyramid strides (P3, P4, P5)."""
+    ``image_size``: (W, H); ``strides``: pyramid strides (P3, P4, P5); ``position``: Fourier
+    features of the column's x given to the decoder (0: a shift-equivariant decoder)."""
 
     in_channels: int = 16
     columns: int = 48
@@ -57,6 +63,7 @@ class ColumnEncoderConfig(PyramidConfig):
     image_size: Tuple[int, int] = (384, 128)
     strides: Tuple[int, ...] = (8, 16, 32)
     dropout: float = 0.1
+    position: int = 8
     kind: str = 'column'
 
     def __post_init__(self):
@@ -81,6 +88,9 @@ class ColumnEncoderConfig(PyramidConfig):
         W, H = self.image_size
         if any(W % s or H % s for s in self.strides):
             bad(f'image_size {self.image_size} not divisible by the strides {self.strides}')
+        if isinstance(self.position, bool) or not isinstance(self.position, int) or self.position < 0 \
+                or self.position % 2:
+            bad(f'position must be an even non-negative integer, got {self.position!r}')
         if not 0 <= self.dropout < 1:
             bad(f'dropout must be in [0, 1), got {self.dropout}')
         if self.kind != 'column':
@@ -116,7 +126,7 @@ class ColumnEncoder(nn.Module):
     """Acoustic image ``(B, C_in, columns, T)`` -> ``[P3, P4, P5]`` on the image plane."""
 
     #: parameters the counting pretext does not train (left at initialisation when loading it)
-    decoder_prefixes = ('to_rows.', 'row_pos', 'p3.', 'p4.', 'p5.')
+    decoder_prefixes = ('position_mix.', 'to_rows.', 'row_pos', 'p3.', 'p4.', 'p5.')
 
     def __init__(self, cfg: Optional[ColumnEncoderConfig] = None, **kwargs):
         super().__init__()
@@ -138,6 +148,13 @@ class ColumnEncoder(nn.Module):
         (h3, w3), _, _ = cfg.level_shapes()
         self._p3 = (h3, w3)
         O = cfg.out_channels
+        if cfg.position:
+            k = torch.arange(1, cfg.position // 2 + 1, dtype=torch.float32)
+            u = (torch.arange(w3, dtype=torch.float32) + 0.5) / w3 * 2 - 1     # column centre in [-1, 1]
+            ang = 0.5 * torch.pi * k[:, None] * u[None, :]
+            self.register_buffer('column_code', torch.cat([ang.sin(), ang.cos()])[None], persistent=False)
+            self.position_mix = nn.Sequential(nn.Conv1d(C + cfg.position, C, 1, bias=False),
+                                              nn.BatchNorm1d(C), nn.ReLU(inplace=True))
         self.to_rows = nn.Conv1d(C, O * h3, 1)
         self.row_pos = nn.Parameter(torch.zeros(1, O, h3, 1))
         self.p3 = nn.Sequential(nn.BatchNorm2d(O), nn.ReLU(inplace=True))
@@ -170,6 +187,8 @@ class ColumnEncoder(nn.Module):
         if h.shape[-1] != w3:                       # directions finer than the P3 grid: pool onto it
             h = F.avg_pool1d(h, h.shape[-1] // w3) if h.shape[-1] % w3 == 0 else \
                 F.interpolate(h, size=w3, mode='linear', align_corners=False)
+        if self.cfg.position:
+            h = self.position_mix(torch.cat([h, self.column_code.expand(B, -1, -1)], dim=1))
         g = self.to_rows(self.dropout(h))                                   # (B, O*h3, w3)
         p3 = self.p3(g.view(B, self.cfg.out_channels, h3, w3) + self.row_pos)
         p4 = self.p4(F.avg_pool2d(p3, 2))

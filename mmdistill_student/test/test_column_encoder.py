@@ -51,3 +51,22 @@ def test_config_errors():
         ColumnEncoderConfig(image_size=(100, 128))
     with pytest.raises(ConfigError, match=r'expects \(B, 4, 48'):
         _encoder()(torch.randn(1, 4, 40, 40))
+
+
+def test_position_lets_the_decoder_depend_on_the_bearing():
+    """Identical column features decode identically everywhere without ``position`` and
+    differently by column with it (size and height depend on where in the street a source is)."""
+    for position, equal in ((0, True), (8, False)):
+        enc = _encoder(position=position)
+        with torch.no_grad():
+            for m in enc.modules():             # non-trivial BN statistics
+                if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                    m.running_mean.uniform_(-0.5, 0.5)
+            p3 = enc.decode(torch.ones(1, enc.cfg.widths[-1], 48))[0]
+        same = torch.allclose(p3[..., 10], p3[..., 30], atol=1e-6)
+        assert same == equal
+
+
+def test_position_must_be_even():
+    with pytest.raises(ConfigError, match='position'):
+        ColumnEncoderConfig(position=3)

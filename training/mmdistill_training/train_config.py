@@ -63,6 +63,7 @@ DEFAULTS: Dict[str, Any] = {
         'batch_size': 32,
         'epochs': 20,
         'patience': 6,              # early stopping on val mAP (epochs without improvement)
+        'schedule': 'plateau',      # plateau: ReduceLROnPlateau on val mAP | cosine: lr -> min_lr over the epochs
         'plateau_patience': 2,      # ReduceLROnPlateau on val mAP
         'plateau_factor': 0.5,
         'min_lr': 1e-5,
@@ -171,6 +172,8 @@ def validate(raw: dict) -> TrainConfig:
     _num(cfg, 'optim.grad_clip', lo=0, allow_none=True)
     _num(cfg, 'optim.max_train_frames', lo=1, integer=True, allow_none=True)
     _num(cfg, 'optim.max_val_frames', lo=1, integer=True, allow_none=True)
+    if o['schedule'] not in ('plateau', 'cosine'):
+        raise ConfigError(f"optim.schedule: 'plateau' or 'cosine', got {o['schedule']!r}")
     if not isinstance(o['hflip'], bool):
         raise ConfigError(f'optim.hflip: true or false, got {o["hflip"]!r}')
     _num(cfg, 'pretext.max_count', lo=1, hi=32, integer=True)

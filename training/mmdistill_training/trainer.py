@@ -401,8 +401,15 @@ def train(cfg: TrainConfig, dataset_dir: Path, out_dir: Path, init: Optional[str
     if count_head is not None:
         count_head.to(device)
     opt = torch.optim.Adam(params, lr=o['lr'], weight_decay=o['weight_decay'])
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode='max', factor=o['plateau_factor'],
-                                                       patience=o['plateau_patience'], min_lr=o['min_lr'])
+    if o['schedule'] == 'cosine':
+        # a fixed budget: anneal to min_lr by the last epoch; closed form in the epoch, so a run
+        # resumed with more --epochs follows the longer schedule from where it stopped
+        lo = o['min_lr'] / o['lr']
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda e: lo + (1 - lo) * (1 + math.cos(math.pi * min(e, n_epochs) / n_epochs)) / 2)
+    else:
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode='max', factor=o['plateau_factor'],
+                                                           patience=o['plateau_patience'], min_lr=o['min_lr'])
     net = model
     if distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -424,6 +431,9 @@ def train(cfg: TrainConfig, dataset_dir: Path, out_dir: Path, init: Optional[str
     if resume:
         wrapped = torch.nn.ModuleDict({'student': model, **({'count': count_head} if count_head else {})})
         meta = _load_train_state(out_dir, wrapped, opt, sched)
+        if o['schedule'] == 'cosine':       # this run's epoch count sets the rest of the schedule
+            for g, base, f in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+                g['lr'] = base * f(sched.last_epoch)
         start_epoch, best, best_epoch, bad_epochs = (meta['epoch'] + 1, meta['best'], meta['best_epoch'],
                                                      meta['bad_epochs'])
         history = meta['history']
@@ -502,7 +512,7 @@ def train(cfg: TrainConfig, dataset_dir: Path, out_dir: Path, init: Optional[str
             t = torch.tensor([value], device=device)
             dist.broadcast(t, 0)
             value = float(t.item())
-        sched.step(value)
+        sched.step() if o['schedule'] == 'cosine' else sched.step(value)
         row['val_time_s'] = time.perf_counter() - t_val
         row['time_s'] = time.perf_counter() - t0
         history.append(row)

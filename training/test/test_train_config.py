@@ -39,6 +39,7 @@ def test_inheritance_and_overrides():
     ({'loss': {'teachers': []}}, r'loss\.teachers'),
     ({'optim': 3}, 'optim: expected a mapping'),
     ({'stage': 'finetune'}, 'stage'),
+    ({'optim': {'schedule': 'step'}}, r'optim\.schedule'),
 ])
 def test_errors_name_the_key(raw, match):
     with pytest.raises(ConfigError, match=match):

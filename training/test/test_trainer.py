@@ -4,6 +4,7 @@ Data: three 3-s oracle-labelled drives of one scenario at 16 kHz (labelled_bag.w
 teachers = simulator truth with jitter), so the split rule gives one train, one val and one
 test drive. A small encoder keeps every run to a few seconds."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -64,6 +65,18 @@ def test_distill_writes_checkpoint_logs_and_loss_goes_down(dataset, tmp_path):
     assert summary['mirror_augmentation'] is True
     lines = (out / 'log.csv').read_text().splitlines()
     assert len(lines) == 4 and 'val_mAP_avg' in lines[0]
+
+
+def test_cosine_schedule_anneals_to_min_lr_and_resumes_exactly(dataset, tmp_path):
+    c = cfg(optim={'epochs': 3, 'schedule': 'cosine', 'lr': 1e-3, 'min_lr': 1e-5, 'patience': 10})
+    summary = train(c, dataset, tmp_path / 'a', progress=False)
+    lrs = [h['lr'] for h in summary['history']]
+    expected = [1e-5 + (1e-3 - 1e-5) * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)]
+    assert lrs == pytest.approx(expected)
+    train(c, dataset, tmp_path / 'b', progress=False, epochs=1)
+    train(c, dataset, tmp_path / 'b', progress=False, resume=True)
+    wa, wb = _last_weights(tmp_path / 'a'), _last_weights(tmp_path / 'b')
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def _last_weights(out: Path):
