@@ -78,6 +78,17 @@ class SegmentNoise:
         self.norm = np.sqrt(np.sum(total) / seg)   # normalise the band sum to unit variance
         self.shapes = (shapes / max(self.norm, 1e-30)).astype(np.float32)
         self.window = np.sin(np.pi * (np.arange(seg) + 0.5) / seg).astype(np.float32)
+        self._cache: dict = {}     # the last block's segments: consecutive blocks share their edge segments
+
+    def _segment(self, k: int) -> np.ndarray:
+        """Windowed segment k, (bands, channels, seg)."""
+        seg = self._cache.get(k)
+        if seg is None:
+            w = _rng(*self.key, k + 2**40).standard_normal((self.channels, self.seg), dtype=np.float32)
+            spec = np.fft.rfft(w, axis=-1)
+            seg = np.fft.irfft(spec[None, :, :] * self.shapes[:, None, :], n=self.seg, axis=-1)
+            seg *= self.window
+        return seg
 
     @staticmethod
     def freqs(seg: int, fs: float) -> np.ndarray:
@@ -91,15 +102,14 @@ class SegmentNoise:
             return out
         k0 = s0 // self.hop - 1
         k1 = (s1 - 1) // self.hop
+        cache = {}
         for k in range(k0, k1 + 1):
             start = k * self.hop
-            w = _rng(*self.key, k + 2**40).standard_normal((self.channels, self.seg), dtype=np.float32)
-            spec = np.fft.rfft(w, axis=-1)
-            seg = np.fft.irfft(spec[None, :, :] * self.shapes[:, None, :], n=self.seg, axis=-1)
-            seg *= self.window
+            seg = cache[k] = self._segment(k)
             a, b = max(start, s0), min(start + self.seg, s1)
             if a < b:
                 out[:, :, a - s0:b - s0] += seg[:, :, a - start:b - start]
+        self._cache = {k: cache[k] for k in (k1 - 1, k1) if k in cache}
         return out
 
 
@@ -129,6 +139,8 @@ class EngineSynth:
             if np.any(sel):
                 tables[b] = (amp[sel, None] * np.sin(k[sel, None] * ph[None, :] + phases[sel, None])).sum(0)
         self.tables = (tables * (rms_pa / norm)).astype(np.float32)
+        self.diffs = np.zeros_like(self.tables)
+        self.diffs[:, :-1] = self.tables[:, 1:] - self.tables[:, :-1]   # float32, as render would subtract
 
     def cycles(self, t: np.ndarray) -> np.ndarray:
         """Number of half-order cycles elapsed at times ``t`` (integral of rpm / 120)."""
@@ -142,8 +154,7 @@ class EngineSynth:
         x = (c - np.floor(c)) * self.TABLE
         i = x.astype(np.intp)
         f = (x - i).astype(np.float32)
-        lo = np.take(self.tables, i, axis=1)
-        return lo + (np.take(self.tables, i + 1, axis=1) - lo) * f
+        return np.take(self.tables, i, axis=1) + np.take(self.diffs, i, axis=1) * f
 
 
 class Source:
@@ -162,6 +173,14 @@ class Source:
         if np.isfinite(self.t_off):
             e *= np.clip((self.t_off - t) / self.fade_s, 0, 1)
         return e
+
+
+    def flat(self, t0: float, t1: float) -> bool:
+        """Whether :meth:`envelope` is exactly 1 at every time in [t0, t1] (the same float expressions,
+        which are monotonic in t, evaluated at the ends)."""
+        if np.isfinite(self.t_on) and not (t0 - self.t_on) / self.fade_s >= 1.0:
+            return False
+        return not np.isfinite(self.t_off) or (self.t_off - t1) / self.fade_s >= 1.0
 
 
 def segment_box_hits(a: np.ndarray, b: np.ndarray, boxes: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -243,11 +262,15 @@ def propagate(src: Source, mics_world: Callable[[np.ndarray], np.ndarray], n0: i
     s_lo = int(np.floor(pos_g.min())) - 2
     s_hi = int(np.ceil(pos_g.max())) + 3
     # source signal over the needed emission span, combined over bands with the time-varying gains
-    ts = np.arange(s_lo, s_hi) / fs
+    idx = np.arange(s_lo, s_hi, dtype=np.float64)
     bands = src.signal(s_lo, s_hi)                         # (3, span)
     e_g = n0 + gc * GRID - tau_c * fs             # emission sample of each grid point (increasing)
-    g_s = np.stack([np.interp(np.arange(s_lo, s_hi), e_g, gains[:, k]) for k in range(3)])
-    s_eff = (bands[0] * g_s[0] + bands[1] * g_s[1] + bands[2] * g_s[2]) * src.envelope(ts)
+    s_eff = bands[0] * np.interp(idx, e_g, gains[:, 0])
+    s_eff += bands[1] * np.interp(idx, e_g, gains[:, 1])
+    s_eff += bands[2] * np.interp(idx, e_g, gains[:, 2])
+    ts = idx / fs
+    if not src.flat(ts[0], ts[-1]):       # outside the on/off ramps the envelope is exactly 1
+        s_eff *= src.envelope(ts)
     # piecewise-linear upsampling of the emission positions to samples, in float32 relative to the span
     # start (span < 2**16 samples per block keeps ~1/256-sample resolution); the 1/r amplitude is applied
     # per grid cell (it changes by far less than 0.1 % over GRID samples)
@@ -431,6 +454,9 @@ class AcousticRenderer:
         offs = (int(g.integers(0, L)), int(g.integers(0, L)))
 
         def read(row: int, off: int, s0: int, s1: int) -> np.ndarray:
+            a = (s0 + off) % L
+            if a + (s1 - s0) <= L:
+                return bank[row][:, a:a + s1 - s0]
             idx = (np.arange(s0, s1) + off) % L
             return np.take(bank[row], idx, axis=1)
 

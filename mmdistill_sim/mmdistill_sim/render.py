@@ -23,6 +23,7 @@ or a thermal contrast above 1.5 K.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -90,6 +91,97 @@ class FrameGroundTruth:
         return out
 
 
+def _cast_box_numpy(inv_rays, o, lo, hi, y0, y1, x0, x1, zr, idb, k):
+    """Slab test of the box [lo, hi] against the rays of pixels [y0:y1, x0:x1].
+
+    Returns the silhouette size and, for the pixels where the box is hit closer than ``zr`` (row-major
+    order), their rows, columns, entry parameter, entry axis and normal sign; updates ``zr`` and ``idb``
+    (= k) there.  The compiled kernel below does exactly the same float64 operations per pixel.
+    """
+    inv = inv_rays[y0:y1, x0:x1]
+    with np.errstate(invalid='ignore'):
+        t1 = (lo - o) * inv
+        t2 = (hi - o) * inv
+    tn = np.minimum(t1, t2)
+    tf = np.maximum(t1, t2)
+    tn = np.where(np.isnan(tn), -np.inf, tn)
+    tf = np.where(np.isnan(tf), np.inf, tf)
+    tmin = tn.max(-1)
+    tmax = tf.min(-1)
+    hit = (tmax >= tmin) & (tmin > 0)
+    sil = int(hit.sum())
+    closer = hit & (tmin < zr[y0:y1, x0:x1])
+    yy, xx = np.nonzero(closer)
+    axis = tn.argmax(-1)[yy, xx]
+    a1, a2 = t1[yy, xx, axis], t2[yy, xx, axis]
+    normal_sign = np.where(a1 <= a2, -1.0, 1.0)
+    tm = tmin[yy, xx]
+    ys, xs = yy + y0, xx + x0
+    zr[ys, xs] = tm
+    idb[ys, xs] = k
+    return sil, ys, xs, tm, axis, normal_sign
+
+
+_cast_box = _cast_box_numpy
+
+try:  # numba ships with librosa; the numpy path is used where it is missing or disabled
+    if os.environ.get('MMDISTILL_SIM_NUMBA', '1') == '0':
+        raise ImportError
+    import numba
+
+    @numba.njit(cache=True, fastmath=False, nogil=True)
+    def _cast_box_kernel(inv_rays, o, lo, hi, y0, y1, x0, x1, zr, idb, k):  # pragma: no cover - compiled
+        n = (y1 - y0) * (x1 - x0)
+        ys = np.empty(n, np.intp)
+        xs = np.empty(n, np.intp)
+        tms = np.empty(n, np.float64)
+        axes = np.empty(n, np.intp)
+        signs = np.empty(n, np.float64)
+        sil = 0
+        m = 0
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                tmin = -np.inf
+                tmax = np.inf
+                ax = 0
+                a1 = 0.0
+                a2 = 0.0
+                for j in range(3):
+                    t1 = (lo[j] - o[j]) * inv_rays[y, x, j]
+                    t2 = (hi[j] - o[j]) * inv_rays[y, x, j]
+                    if np.isnan(t1) or np.isnan(t2):     # np.minimum / np.maximum propagate NaN ...
+                        tn = -np.inf                      # ... which the numpy path then replaces
+                        tf = np.inf
+                    else:
+                        tn = t1 if t1 < t2 else t2
+                        tf = t2 if t1 < t2 else t1
+                    if j == 0 or tn > tmin:               # argmax: the first maximum
+                        tmin = tn
+                        ax = j
+                        a1 = t1
+                        a2 = t2
+                    if tf < tmax:
+                        tmax = tf
+                if tmax >= tmin and tmin > 0:
+                    sil += 1
+                    if tmin < zr[y, x]:
+                        zr[y, x] = tmin
+                        idb[y, x] = k
+                        ys[m] = y
+                        xs[m] = x
+                        tms[m] = tmin
+                        axes[m] = ax
+                        signs[m] = -1.0 if a1 <= a2 else 1.0
+                        m += 1
+        return sil, ys[:m], xs[:m], tms[:m], axes[:m], signs[:m]
+
+    def _cast_box(inv_rays, o, lo, hi, y0, y1, x0, x1, zr, idb, k):
+        return _cast_box_kernel(inv_rays, o, np.asarray(lo, np.float64), np.asarray(hi, np.float64),
+                                y0, y1, x0, x1, zr, idb, k)
+except ImportError:  # pragma: no cover
+    pass
+
+
 class Renderer:
     """Renders the three registered images and the ground truth of a frame time."""
 
@@ -137,6 +229,7 @@ class Renderer:
         t_sky = self.t_air - (25.0 if sc.weather == 'clear' else 5.0)
         self.bg_temp = self._fog_ir(np.where(self.bg_sky, t_sky, self.t_road), self.bg_range)
         self.bg_z = np.where(self.bg_sky, np.inf, self.bg_range * camera.z_per_range)
+        self._zr0 = np.where(self.bg_sky, np.inf, self.bg_range)     # z-buffer (ray range) of the empty scene
         # per-frame scratch buffers: only pixels an object wins in this frame are ever read back
         self._lin = np.empty((H, W, 3))
         self._emis = np.empty((H, W, 3))
@@ -160,6 +253,7 @@ class Renderer:
                 thermal = (self.bg_temp + self._noise(g, 2, (H, W)) * 0.1).astype(np.float32)
                 out.append((rgb, depth, thermal))
             self._backgrounds = out
+            self._bg_valid = [~np.isnan(d) for _, d, _ in out]      # depth returns of each
         return self._backgrounds
 
     def _depth(self, z: np.ndarray, rng: np.random.Generator, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -229,14 +323,14 @@ class Renderer:
 
     def _appearance(self, kind: str, obj, lo, hi, P, axis, normal_sign, rng_r):
         """Linear albedo x shading (h,w,3), emission (h,w,3) and temperature (h,w) of hit points P."""
-        h = P.shape[:2]
+        h = P.shape[:-1]
         zf = np.clip((P[..., 2] - lo[2]) / max(hi[2] - lo[2], 1e-6), 0, 1)
         shade = np.choose(axis, [0.8, 0.65, 1.0])
         emis = np.zeros(h + (3,))
         if kind == 'occluder':
             base = {'wall': np.array([0.45, 0.43, 0.40]), 'building': np.array([0.5, 0.38, 0.30]),
                     'truck': np.array([0.75, 0.75, 0.72])}[obj]
-            alb = base[None, None, :] * shade[..., None] * np.ones(h + (3,))
+            alb = base * shade[..., None] * np.ones(h + (3,))
             temp = np.full(h, self.t_air + 0.6 * SUN_K[self.sc.time_of_day])
             return alb, emis, temp
         v: Vehicle = obj
@@ -252,7 +346,7 @@ class Renderer:
         front = end_face & ((normal_sign * travel) > 0)
         rear = end_face & ~front
         side = axis == other
-        alb = v.colour[None, None, :] * shade[..., None] * np.ones(h + (3,))
+        alb = v.colour * shade[..., None] * np.ones(h + (3,))
         glass_lo = 0.55 if v.kind == 'car' else 0.65
         glass = (zf > glass_lo) & (zf < 0.93) & (axis != 2)
         if v.kind == 'truck':
@@ -284,10 +378,11 @@ class Renderer:
         cam = self.cam
         H, W = cam.height, cam.width
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.sc.seed, 21, frame_index])))
-        zr = self.bg_range.copy()
-        zr[self.bg_sky] = np.inf
+        zr = self._zr0.copy()
         idb = np.full((H, W), -1, np.int32)
-        lin, emis, temp = self._lin, self._emis, self._temp
+        # flat (pixel, ...) views: 1-D integer indexing is much cheaper than (rows, cols) pairs
+        lin, emis, temp = self._lin.reshape(-1, 3), self._emis.reshape(-1, 3), self._temp.reshape(-1)
+        rays = cam.rays.reshape(-1, 3)
         o = cam.position
         recs = []
         for k, (kind, obj, lo, hi) in enumerate(self._objects(t)):
@@ -296,64 +391,51 @@ class Renderer:
                 continue
             x0, y0 = int(np.floor(box[0])), int(np.floor(box[1]))
             x1, y1 = int(np.ceil(box[2])), int(np.ceil(box[3]))
-            inv = self.inv_rays[y0:y1, x0:x1]
-            with np.errstate(invalid='ignore'):
-                t1 = (lo - o) * inv
-                t2 = (hi - o) * inv
-            tn = np.minimum(t1, t2)
-            tf = np.maximum(t1, t2)
-            tn = np.where(np.isnan(tn), -np.inf, tn)
-            tf = np.where(np.isnan(tf), np.inf, tf)
-            tmin = tn.max(-1)
-            tmax = tf.min(-1)
-            hit = (tmax >= tmin) & (tmin > 0)
-            sil = int(hit.sum())
+            # ray casting over the box's pixels: updates the z-buffer and the object ids where this object
+            # is the closest so far, returns those pixels (row-major) with their hit parameters
+            sil, ys, xs, tmin, axis, normal_sign = _cast_box(self.inv_rays, o, lo, hi, y0, y1, x0, x1, zr, idb, k)
             if sil == 0:
                 continue
-            closer = hit & (tmin < zr[y0:y1, x0:x1])
-            if closer.any():
-                axis = tn.argmax(-1)
-                normal_sign = np.where(np.take_along_axis(t1, axis[..., None], -1)[..., 0]
-                                       <= np.take_along_axis(t2, axis[..., None], -1)[..., 0], -1.0, 1.0)
-                P = o + tmin[..., None] * cam.rays[y0:y1, x0:x1]
+            if len(ys):
+                fl = ys * W + xs                                  # flat pixel indices (row-major)
+                P = o + tmin[:, None] * np.take(rays, fl, axis=0)
                 rr = rng.normal(0.0, 0.3) if kind == 'vehicle' else 0.0
                 alb, em, tp = self._appearance(kind, obj, lo, hi, P, axis, normal_sign, rr)
-                sub = (slice(y0, y1), slice(x0, x1))
-                zr[sub] = np.where(closer, tmin, zr[sub])
-                idb[sub] = np.where(closer, k, idb[sub])
-                lin[sub] = np.where(closer[..., None], alb, lin[sub])
-                emis[sub] = np.where(closer[..., None], em, emis[sub])
-                temp[sub] = np.where(closer, tp, temp[sub])
+                lin[fl] = alb
+                emis[fl] = em
+                temp[fl] = tp
             recs.append((k, kind, obj, lo, hi, (y0, y1, x0, x1), sil, box))
 
-        obj_px = idb >= 0
-        sel = np.nonzero(obj_px)
-        n_o = len(sel[0])
-        r_o = zr[sel]
-        bg_rgb, bg_depth, bg_thermal = self._empty_scenes()[int(rng.integers(NOISY_BACKGROUNDS))]
+        sel = np.flatnonzero(idb >= 0)            # object pixels, flat row-major
+        n_o = len(sel)
+        r_o = np.take(zr, sel)
+        i_bg = int(rng.integers(NOISY_BACKGROUNDS))
+        bg_rgb, bg_depth, bg_thermal = self._empty_scenes()[i_bg]
         # RGB: lit albedo + emission, fog, exposure, display gamma (object pixels only; the empty scene is cached)
-        lit = lin[sel] * (self.light + self._headlight(r_o, self.cone[sel]))[:, None] + emis[sel]
+        lit = (np.take(lin, sel, axis=0) * (self.light + self._headlight(r_o, np.take(self.cone, sel)))[:, None]
+               + np.take(emis, sel, axis=0))
         disp_o = self._display(self._fog(lit, r_o))
         rgb_vis = np.zeros((H, W), bool)
-        rgb_vis[sel] = np.abs(disp_o - self.bg_disp[sel]).max(-1) > 3 * self.sigma_disp + 0.02
+        rgb_vis.reshape(-1)[sel] = (np.abs(disp_o - np.take(self.bg_disp.reshape(-1, 3), sel, axis=0)).max(-1)
+                                    > 3 * self.sigma_disp + 0.02)
         rgb = bg_rgb.copy()
         if n_o:
             noisy = disp_o + self._noise(rng, 0, (n_o, 3)) * self.sigma_disp
-            rgb[sel] = np.clip(noisy * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            rgb.reshape(-1, 3)[sel] = np.clip(noisy * 255.0 + 0.5, 0, 255).astype(np.uint8)
         # depth (camera z); the empty scene's returns come with the cached background
-        valid = ~np.isnan(bg_depth)
+        valid = self._bg_valid[i_bg].copy()
         depth = bg_depth.copy()
         if n_o:
-            d_o, valid_o = self._depth(r_o * cam.z_per_range[sel], rng, (n_o,))
-            depth[sel] = d_o
-            valid[sel] = valid_o
+            d_o, valid_o = self._depth(r_o * np.take(cam.z_per_range, sel), rng, (n_o,))
+            depth.reshape(-1)[sel] = d_o
+            valid.reshape(-1)[sel] = valid_o
         # thermal
-        th_o = self._fog_ir(temp[sel], r_o)
+        th_o = self._fog_ir(np.take(temp, sel), r_o)
         th_vis = np.zeros((H, W), bool)
-        th_vis[sel] = np.abs(th_o - self.bg_temp[sel]) > THERMAL_CONTRAST_K
+        th_vis.reshape(-1)[sel] = np.abs(th_o - np.take(self.bg_temp, sel)) > THERMAL_CONTRAST_K
         thermal = bg_thermal.copy()
         if n_o:
-            thermal[sel] = (th_o + self._noise(rng, 2, (n_o,)) * 0.1).astype(np.float32)
+            thermal.reshape(-1)[sel] = (th_o + self._noise(rng, 2, (n_o,)) * 0.1).astype(np.float32)
 
         gt = self._ground_truth(t, recs, idb, rgb_vis, valid, th_vis)
         return rgb, depth, thermal, gt
