@@ -262,25 +262,14 @@ def propagate(src: Source, mics_world: Callable[[np.ndarray], np.ndarray], n0: i
     s_lo = int(np.floor(pos_g.min())) - 2
     s_hi = int(np.ceil(pos_g.max())) + 3
     # source signal over the needed emission span, combined over bands with the time-varying gains
-    idx = np.arange(s_lo, s_hi, dtype=np.float64)
     bands = src.signal(s_lo, s_hi)                         # (3, span)
     e_g = n0 + gc * GRID - tau_c * fs             # emission sample of each grid point (increasing)
-    s_eff = bands[0] * np.interp(idx, e_g, gains[:, 0])
-    s_eff += bands[1] * np.interp(idx, e_g, gains[:, 1])
-    s_eff += bands[2] * np.interp(idx, e_g, gains[:, 2])
-    ts = idx / fs
-    if not src.flat(ts[0], ts[-1]):       # outside the on/off ramps the envelope is exactly 1
-        s_eff *= src.envelope(ts)
+    ts = np.arange(s_lo, s_hi) / fs
+    env = _NO_ENVELOPE if src.flat(ts[0], ts[-1]) else src.envelope(ts)   # exactly 1 away from the ramps
     # piecewise-linear upsampling of the emission positions to samples, in float32 relative to the span
     # start (span < 2**16 samples per block keeps ~1/256-sample resolution); the 1/r amplitude is applied
     # per grid cell (it changes by far less than 0.1 % over GRID samples)
-    frac = (np.arange(GRID, dtype=np.float32) / GRID)[None, :, None]
-    s32 = s_eff.astype(np.float32)
-    d32 = np.empty_like(s32)
-    d32[:-1] = s32[1:] - s32[:-1]
-    d32[-1] = 0.0
     # all paths side by side: (G, P * M)
-    P = pos_g.shape[0]
     pg_all = np.concatenate(list(pos_g), axis=1)
     amp_all = np.concatenate(list(amp_g), axis=1)
     # split each cell's start position into an absolute integer base and a small float32 remainder:
@@ -291,9 +280,28 @@ def propagate(src: Source, mics_world: Callable[[np.ndarray], np.ndarray], n0: i
     rem = (p_start - base).astype(np.float32)
     off = (base - s_lo).astype(np.intp)
     amp = (0.5 * (amp_all[:-1] + amp_all[1:])).astype(np.float32)
-    out = _frac_delay(s32, d32, dpos, rem, off, amp, M)
+    out = _mix_delay(bands, s_lo, e_g, np.ascontiguousarray(gains.T), env, dpos, rem, off, amp, M)
     out = out.reshape(-1, M)
     return out[skip:n]
+
+
+_NO_ENVELOPE = np.zeros(0)
+
+
+def _mix_delay_numpy(bands, s_lo, e_g, gains, env, dpos, rem, off, amp, M):
+    """Band signals (3, span) x gains interpolated from the grid (emission samples ``e_g``, gains (3, Gc)),
+    times the envelope (empty: 1), to float32, then the fractional delay of all cells and columns."""
+    idx = np.arange(s_lo, s_lo + bands.shape[1], dtype=np.float64)
+    s_eff = bands[0] * np.interp(idx, e_g, gains[0])
+    s_eff += bands[1] * np.interp(idx, e_g, gains[1])
+    s_eff += bands[2] * np.interp(idx, e_g, gains[2])
+    if len(env):
+        s_eff *= env
+    s32 = s_eff.astype(np.float32)
+    d32 = np.empty_like(s32)
+    d32[:-1] = s32[1:] - s32[:-1]
+    d32[-1] = 0.0
+    return _frac_delay(s32, d32, dpos, rem, off, amp, M)
 
 
 _FRAC = (np.arange(GRID, dtype=np.float32) / GRID)
@@ -353,8 +361,62 @@ try:  # numba ships with librosa; the numpy path is used where it is missing or 
         return out
 
     _frac_delay = _frac_delay_numba
+
+    @numba.njit(cache=True, fastmath=False, nogil=True)
+    def _mix_delay_numba(bands, s_lo, e_g, gains, env, dpos, rem, off, amp, M):  # pragma: no cover - compiled
+        # np.interp's arithmetic (numpy/_core/src/multiarray/compiled_base.c, arr_interp) for increasing
+        # x, one walking index for the three bands; then the numpy path's float64 sums in the same order
+        span = bands.shape[1]
+        nx = e_g.shape[0]
+        slopes = np.empty((3, max(nx - 1, 0)))
+        for b in range(3):
+            for k in range(nx - 1):
+                slopes[b, k] = (gains[b, k + 1] - gains[b, k]) / (e_g[k + 1] - e_g[k])
+        has_env = env.shape[0] > 0
+        s32 = np.empty(span, np.float32)
+        j = -1
+        for i in range(span):
+            x = np.float64(s_lo + i)
+            while j + 1 < nx and e_g[j + 1] <= x:
+                j += 1
+            if j == -1:
+                g0, g1, g2 = gains[0, 0], gains[1, 0], gains[2, 0]
+            elif j == nx - 1 or e_g[j] == x:
+                g0, g1, g2 = gains[0, j], gains[1, j], gains[2, j]
+            else:
+                dx = x - e_g[j]
+                g0 = slopes[0, j] * dx + gains[0, j]
+                g1 = slopes[1, j] * dx + gains[1, j]
+                g2 = slopes[2, j] * dx + gains[2, j]
+                if np.isnan(g0) or np.isnan(g1) or np.isnan(g2):   # np.interp's fallback (never for finite gains)
+                    dx1 = x - e_g[j + 1]
+                    if np.isnan(g0):
+                        g0 = slopes[0, j] * dx1 + gains[0, j + 1]
+                        if np.isnan(g0) and gains[0, j] == gains[0, j + 1]:
+                            g0 = gains[0, j]
+                    if np.isnan(g1):
+                        g1 = slopes[1, j] * dx1 + gains[1, j + 1]
+                        if np.isnan(g1) and gains[1, j] == gains[1, j + 1]:
+                            g1 = gains[1, j]
+                    if np.isnan(g2):
+                        g2 = slopes[2, j] * dx1 + gains[2, j + 1]
+                        if np.isnan(g2) and gains[2, j] == gains[2, j + 1]:
+                            g2 = gains[2, j]
+            s = np.float64(bands[0, i]) * g0 + np.float64(bands[1, i]) * g1
+            s = s + np.float64(bands[2, i]) * g2
+            if has_env:
+                s = s * env[i]
+            s32[i] = np.float32(s)
+        d32 = np.empty_like(s32)
+        for i in range(span - 1):
+            d32[i] = s32[i + 1] - s32[i]
+        d32[span - 1] = 0.0
+        return _frac_delay_numba(s32, d32, dpos, rem, off, amp, M)
+
+    _mix_delay = _mix_delay_numba
 except ImportError:  # pragma: no cover
     _frac_delay = _frac_delay_numpy
+    _mix_delay = _mix_delay_numpy
 
 
 class AcousticRenderer:

@@ -307,7 +307,11 @@ class Renderer:
 
     def _display(self, lin: np.ndarray) -> np.ndarray:
         """Exposure gain, clipping and display gamma (lookup table)."""
-        return self._gamma_lut[(np.clip(lin * self.gain, 0, 1) * 4096 + 0.5).astype(np.int32)]
+        x = lin * self.gain
+        np.clip(x, 0, 1, out=x)
+        x *= 4096
+        x += 0.5
+        return np.take(self._gamma_lut, x.astype(np.intp))
 
     # ------------------------------------------------------------------ scene objects
     def _objects(self, t: float) -> list:
@@ -416,8 +420,8 @@ class Renderer:
                + np.take(emis, sel, axis=0))
         disp_o = self._display(self._fog(lit, r_o))
         rgb_vis = np.zeros((H, W), bool)
-        rgb_vis.reshape(-1)[sel] = (np.abs(disp_o - np.take(self.bg_disp.reshape(-1, 3), sel, axis=0)).max(-1)
-                                    > 3 * self.sigma_disp + 0.02)
+        dd = np.abs(disp_o - np.take(self.bg_disp.reshape(-1, 3), sel, axis=0))
+        rgb_vis.reshape(-1)[sel] = np.maximum(np.maximum(dd[:, 0], dd[:, 1]), dd[:, 2]) > 3 * self.sigma_disp + 0.02
         rgb = bg_rgb.copy()
         if n_o:
             noisy = disp_o + self._noise(rng, 0, (n_o, 3)) * self.sigma_disp
