@@ -16,8 +16,10 @@ disk into a complete bag again.
 """
 from __future__ import annotations
 
+import array
 import importlib
 import os
+import struct
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
@@ -77,6 +79,36 @@ def _qos(transient_local: bool) -> Qos:
                QosTime(0, 0), QosTime(0, 0), QosLiveliness.AUTOMATIC, QosTime(0, 0), False)
 
 
+def _cdr_string(out: list, pos: int, text: str) -> int:
+    """Append a CDR string (uint32 length incl. NUL, bytes, NUL) aligned to 4; returns the new position."""
+    raw = text.encode()
+    pad = -pos % 4
+    out.append(b'\0' * pad + struct.pack('<I', len(raw) + 1) + raw + b'\0')
+    return pos + pad + 4 + len(raw) + 1
+
+
+def image_cdr(msg) -> Optional[bytes]:
+    """``sensor_msgs/Image`` as little-endian CDR, byte for byte what ``serialize_message`` gives, with one
+    copy of the pixels instead of rclpy's several (images are most of a simulator bag's bytes);
+    None for anything else (then the caller serialises with rclpy)."""
+    if type(msg).__module__.split('.')[0] != 'sensor_msgs' or not isinstance(msg.data, (array.array, bytes)):
+        return None
+    out = [b'\0\x01\0\0', struct.pack('<iI', msg.header.stamp.sec, msg.header.stamp.nanosec)]
+    pos = 8                                   # offsets count from after the 4-byte encapsulation header
+    pos = _cdr_string(out, pos, msg.header.frame_id)
+    pad = -pos % 4
+    out.append(b'\0' * pad + struct.pack('<II', msg.height, msg.width))
+    pos += pad + 8
+    pos = _cdr_string(out, pos, msg.encoding)
+    out.append(struct.pack('<B', msg.is_bigendian))
+    pos += 1
+    pad = -pos % 4
+    data = memoryview(msg.data).cast('B')
+    out.append(b'\0' * pad + struct.pack('<II', msg.step, len(data)))
+    out.append(data)
+    return b''.join(out)
+
+
 class BagWriter:
     """Write rclpy messages to a new rosbag2 bag; use as a context manager.
 
@@ -117,7 +149,8 @@ class BagWriter:
         """Serialise ``msg`` (registering the topic on first use) and write it at ``stamp_ns``."""
         if topic not in self._connections:
             self.add_topic(topic, type_name(msg))
-        self.write_cdr(topic, serialize_message(msg), stamp_ns)
+        data = image_cdr(msg) if type(msg).__name__ == 'Image' else None
+        self.write_cdr(topic, serialize_message(msg) if data is None else data, stamp_ns)
 
     def write_cdr(self, topic: str, data: bytes, stamp_ns: int) -> None:
         self._writer.write(self._connections[topic], int(stamp_ns), data)

@@ -42,6 +42,7 @@ CLASS_ID = {'car': 0, 'truck': 1, 'motorbike': 2}
 OCCLUDED_BELOW = 0.5
 THERMAL_CONTRAST_K = 1.5
 AUDIBLE_SNR_DB = -6.0
+_SHADE = np.array([0.8, 0.65, 1.0])   # face shading by the axis of its normal
 NOISY_BACKGROUNDS = 8   # noisy empty-scene renderings a frame starts from (see Renderer._empty_scenes)   # tonal engine sound is still detectable somewhat below the broadband noise level
 
 GT_FIELDS = ('id', 'class', 'box', 'distance_m', 'azimuth_deg', 'speed_mps', 'visible_fraction',
@@ -329,12 +330,12 @@ class Renderer:
         """Linear albedo x shading (h,w,3), emission (h,w,3) and temperature (h,w) of hit points P."""
         h = P.shape[:-1]
         zf = np.clip((P[..., 2] - lo[2]) / max(hi[2] - lo[2], 1e-6), 0, 1)
-        shade = np.choose(axis, [0.8, 0.65, 1.0])
+        shade = np.take(_SHADE, axis)
         emis = np.zeros(h + (3,))
         if kind == 'occluder':
             base = {'wall': np.array([0.45, 0.43, 0.40]), 'building': np.array([0.5, 0.38, 0.30]),
                     'truck': np.array([0.75, 0.75, 0.72])}[obj]
-            alb = base * shade[..., None] * np.ones(h + (3,))
+            alb = shade[..., None] * base          # (..., 3)
             temp = np.full(h, self.t_air + 0.6 * SUN_K[self.sc.time_of_day])
             return alb, emis, temp
         v: Vehicle = obj
@@ -350,7 +351,7 @@ class Renderer:
         front = end_face & ((normal_sign * travel) > 0)
         rear = end_face & ~front
         side = axis == other
-        alb = v.colour * shade[..., None] * np.ones(h + (3,))
+        alb = shade[..., None] * v.colour
         glass_lo = 0.55 if v.kind == 'car' else 0.65
         glass = (zf > glass_lo) & (zf < 0.93) & (axis != 2)
         if v.kind == 'truck':
@@ -424,8 +425,11 @@ class Renderer:
         rgb_vis.reshape(-1)[sel] = np.maximum(np.maximum(dd[:, 0], dd[:, 1]), dd[:, 2]) > 3 * self.sigma_disp + 0.02
         rgb = bg_rgb.copy()
         if n_o:
-            noisy = disp_o + self._noise(rng, 0, (n_o, 3)) * self.sigma_disp
-            rgb.reshape(-1, 3)[sel] = np.clip(noisy * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            noisy = self._noise(rng, 0, (n_o, 3)) * self.sigma_disp
+            noisy += disp_o
+            noisy *= 255.0
+            noisy += 0.5
+            rgb.reshape(-1, 3)[sel] = np.clip(noisy, 0, 255, out=noisy).astype(np.uint8)
         # depth (camera z); the empty scene's returns come with the cached background
         valid = self._bg_valid[i_bg].copy()
         depth = bg_depth.copy()
