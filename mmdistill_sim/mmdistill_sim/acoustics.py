@@ -150,11 +150,7 @@ class EngineSynth:
 
     def render(self, t: np.ndarray) -> np.ndarray:
         """Pressure at 1 m, (3 bands, n), at emission times ``t``."""
-        c = self.cycles(t)
-        x = (c - np.floor(c)) * self.TABLE
-        i = x.astype(np.intp)
-        f = (x - i).astype(np.float32)
-        return np.take(self.tables, i, axis=1) + np.take(self.diffs, i, axis=1) * f
+        return _wavetable(self.cycles(t), self.tables, self.diffs, _NO_TYRE, _NO_TYRE, _F0, _F0, False)
 
 
 class Source:
@@ -286,6 +282,22 @@ def propagate(src: Source, mics_world: Callable[[np.ndarray], np.ndarray], n0: i
 
 
 _NO_ENVELOPE = np.zeros(0)
+_NO_TYRE = np.zeros((3, 0), np.float32)
+_F0 = np.float32(0.0)
+
+
+def _wavetable_numpy(c, tables, diffs, r0, r1, g0, g1, tyre):
+    """Engine wavetable (3 bands) at cycle counts ``c``, linear interpolation in float32; with ``tyre``,
+    plus the two tyre-noise rows r0, r1 (3, n) times their gains: the band signals (3, n) float32."""
+    x = (c - np.floor(c)) * (tables.shape[1] - 1)
+    i = x.astype(np.intp)
+    f = (x - i).astype(np.float32)
+    out = np.take(tables, i, axis=1) + np.take(diffs, i, axis=1) * f
+    if tyre:
+        out = out + r0 * g0 + r1 * g1
+    return out
+
+
 
 
 def _mix_delay_numpy(bands, s_lo, e_g, gains, env, dpos, rem, off, amp, M):
@@ -414,9 +426,29 @@ try:  # numba ships with librosa; the numpy path is used where it is missing or 
         return _frac_delay_numba(s32, d32, dpos, rem, off, amp, M)
 
     _mix_delay = _mix_delay_numba
+
+    @numba.njit(cache=True, fastmath=False, nogil=True)
+    def _wavetable_numba(c, tables, diffs, r0, r1, g0, g1, tyre):  # pragma: no cover - compiled
+        n = c.shape[0]
+        T = tables.shape[1] - 1
+        out = np.empty((3, n), np.float32)
+        for k in range(n):
+            x = (c[k] - np.floor(c[k])) * T
+            i = np.intp(x)
+            f = np.float32(x - np.float64(i))
+            for b in range(3):
+                v = np.float32(tables[b, i] + np.float32(diffs[b, i] * f))
+                if tyre:
+                    v = np.float32(v + np.float32(r0[b, k] * g0))
+                    v = np.float32(v + np.float32(r1[b, k] * g1))
+                out[b, k] = v
+        return out
+
+    _wavetable = _wavetable_numba
 except ImportError:  # pragma: no cover
     _frac_delay = _frac_delay_numpy
     _mix_delay = _mix_delay_numpy
+    _wavetable = _wavetable_numpy
 
 
 class AcousticRenderer:
@@ -523,10 +555,11 @@ class AcousticRenderer:
             return np.take(bank[row], idx, axis=1)
 
         def signal(s0: int, s1: int) -> np.ndarray:
-            out = engine.render(np.arange(s0, s1) / fs)
+            c = engine.cycles(np.arange(s0, s1) / fs)
             if tyre_pa > 0:
-                out = out + read(k, offs[0], s0, s1) * gains[0] + read(k + 1, offs[1], s0, s1) * gains[1]
-            return out
+                return _wavetable(c, engine.tables, engine.diffs, read(k, offs[0], s0, s1),
+                                  read(k + 1, offs[1], s0, s1), gains[0], gains[1], True)
+            return _wavetable(c, engine.tables, engine.diffs, _NO_TYRE, _NO_TYRE, _F0, _F0, False)
 
         return Source(v.p0, v.vel, signal, v.t_on, v.t_off)
 

@@ -229,3 +229,24 @@ def test_compiled_and_numpy_band_mixing_give_identical_bits():
         a = acoustics._mix_delay(bands, s_lo, e_g, gains, env, dpos, rem, off, amp, M)
         b = acoustics._mix_delay_numpy(bands, s_lo, e_g, gains, env, dpos, rem, off, amp, M)
         assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b)
+
+
+def test_compiled_and_numpy_wavetables_give_identical_bits():
+    """_wavetable: engine wavetable interpolation plus the two tyre-noise rows (contiguous or strided
+    views of the bank), compiled and numpy paths bit for bit, negative cycle counts included."""
+    from mmdistill_sim import acoustics
+    if acoustics._wavetable is acoustics._wavetable_numpy:
+        pytest.skip('numba not available: only the numpy kernel exists')
+    rng = np.random.default_rng(2)
+    tables = rng.standard_normal((3, 4097)).astype(np.float32)
+    diffs = np.zeros_like(tables)
+    diffs[:, :-1] = tables[:, 1:] - tables[:, :-1]
+    c = np.cumsum(rng.uniform(0, 0.01, 3000)) - 7.3
+    bank = rng.standard_normal((3, 5000)).astype(np.float32)
+    g0, g1 = np.float32(0.3), np.float32(0.7)
+    for r0, r1, tyre in ((acoustics._NO_TYRE, acoustics._NO_TYRE, False),
+                         (bank[:, 100:3100], bank[:, 1500:4500], True),
+                         (np.ascontiguousarray(bank[:, :3000]), bank[:, 7:3007], True)):
+        a = acoustics._wavetable(c, tables, diffs, r0, r1, g0, g1, tyre)
+        b = acoustics._wavetable_numpy(c, tables, diffs, r0, r1, g0, g1, tyre)
+        assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b)
