@@ -16,10 +16,12 @@ __all__ = ['PinholeCamera', 'box_corners']
 _NEAR = 0.1
 
 
+_CORNER_HI = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)]) != 0
+
+
 def box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """(8, 3) corners of an axis-aligned box."""
-    idx = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
-    return np.where(idx == 0, lo, hi)
+    """(8, 3) corners of an axis-aligned box ((..., 8, 3) for stacked boxes (..., 3))."""
+    return np.where(_CORNER_HI, np.asarray(hi)[..., None, :], np.asarray(lo)[..., None, :])
 
 
 _EDGES = np.array([(a, b) for a in range(8) for b in range(a + 1, 8) if bin(a ^ b).count('1') == 1])
@@ -87,6 +89,31 @@ class PinholeCamera:
             if box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
                 return None
         return box
+
+    def project_boxes(self, lo: np.ndarray, hi: np.ndarray) -> list:
+        """:meth:`project_box` (clipped) of N boxes (lo, hi: (N, 3)) at once: the same numbers; boxes
+        that straddle the near plane go through :meth:`project_box` itself."""
+        n = len(lo)
+        if n == 0:
+            return []
+        pc = self.to_camera(box_corners(lo, hi).reshape(-1, 3)).reshape(n, 8, 3)
+        z = pc[..., 2]
+        front = z > _NEAR
+        with np.errstate(divide='ignore', invalid='ignore'):
+            u = self.fx * pc[..., 0] / z + self.cx
+            v = self.fy * pc[..., 1] / z + self.cy
+        box = np.stack([u.min(1), v.min(1), u.max(1), v.max(1)], axis=1)
+        box[:, [0, 2]] = np.clip(box[:, [0, 2]], 0, self.width)
+        box[:, [1, 3]] = np.clip(box[:, [1, 3]], 0, self.height)
+        out = []
+        for k in range(n):
+            if not front[k].all():
+                out.append(self.project_box(lo[k], hi[k]) if front[k].any() else None)
+            elif box[k, 2] - box[k, 0] <= 0 or box[k, 3] - box[k, 1] <= 0:
+                out.append(None)
+            else:
+                out.append(box[k])
+        return out
 
     def camera_info(self) -> dict:
         """Fields of a sensor_msgs/CameraInfo (plumb_bob with zero distortion)."""

@@ -390,8 +390,10 @@ class Renderer:
         rays = cam.rays.reshape(-1, 3)
         o = cam.position
         recs = []
-        for k, (kind, obj, lo, hi) in enumerate(self._objects(t)):
-            box = cam.project_box(lo, hi)
+        objs = self._objects(t)
+        boxes = cam.project_boxes(np.array([o_[2] for o_ in objs]).reshape(-1, 3),
+                                  np.array([o_[3] for o_ in objs]).reshape(-1, 3))
+        for k, ((kind, obj, lo, hi), box) in enumerate(zip(objs, boxes)):
             if box is None:
                 continue
             x0, y0 = int(np.floor(box[0])), int(np.floor(box[1]))

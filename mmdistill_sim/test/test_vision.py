@@ -132,3 +132,24 @@ def test_compiled_and_numpy_ray_casting_give_identical_images():
     assert np.array_equal(a.rgb, b.rgb) and np.array_equal(a.thermal, b.thermal)
     assert np.array_equal(a.depth, b.depth, equal_nan=True)
     assert a.gt.to_list() == b.gt.to_list()
+
+
+def test_project_boxes_equals_project_box():
+    """The batched projection gives exactly project_box's boxes (None where project_box gives None),
+    for boxes in front, straddling the near plane, behind the camera and outside the image."""
+    sc = scenario_from_dict({'camera': {'pitch_deg': 4.0}})
+    cam = PinholeCamera(sc.camera)
+    rng = np.random.default_rng(4)
+    lo = rng.uniform([-10, -30, 0], [60, 30, 0.5], (300, 3))
+    hi = lo + rng.uniform([0.5, 0.5, 1.0], [6, 3, 4], (300, 3))
+    boxes = cam.project_boxes(lo, hi)
+    n_none = 0
+    for k in range(len(lo)):
+        ref = cam.project_box(lo[k], hi[k])
+        if ref is None:
+            n_none += 1
+            assert boxes[k] is None
+        else:
+            assert np.array_equal(boxes[k], ref)
+    assert 0 < n_none < len(lo)
+    assert cam.project_boxes(np.zeros((0, 3)), np.zeros((0, 3))) == []
