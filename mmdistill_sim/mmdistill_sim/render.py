@@ -124,6 +124,7 @@ def _cast_box_numpy(inv_rays, o, lo, hi, y0, y1, x0, x1, zr, idb, k):
 
 
 _cast_box = _cast_box_numpy
+_vehicle_appearance = None      # the compiled twin of Renderer._appearance for vehicles, where numba exists
 
 try:  # numba ships with librosa; the numpy path is used where it is missing or disabled
     if os.environ.get('MMDISTILL_SIM_NUMBA', '1') == '0':
@@ -175,6 +176,72 @@ try:  # numba ships with librosa; the numpy path is used where it is missing or 
                         signs[m] = -1.0 if a1 <= a2 else 1.0
                         m += 1
         return sil, ys[:m], xs[:m], tms[:m], axes[:m], signs[:m]
+
+    @numba.njit(cache=True, fastmath=False, nogil=True)
+    def _vehicle_appearance_kernel(P, axis, normal_sign, lo_z, dz, lo_t, dt, lo_o, do, ta, travel, colour,
+                                   is_car, is_truck, headlights, engine_on, moving, t_air, t_road,
+                                   rng_r):  # pragma: no cover - compiled
+        # Renderer._appearance for a vehicle, pixel by pixel: the same comparisons and float64 operations,
+        # and the same order of overwrites (glass, then tyres; engine, tyres, exhaust, then glass)
+        n = P.shape[0]
+        other = 1 - ta
+        alb = np.empty((n, 3))
+        emis = np.zeros((n, 3))
+        temp = np.empty(n)
+        glass_lo = 0.55 if is_car else 0.65
+        for i in range(n):
+            zf = (P[i, 2] - lo_z) / dz
+            zf = 0.0 if zf < 0.0 else (1.0 if zf > 1.0 else zf)
+            ax = axis[i]
+            shade = 0.8 if ax == 0 else (0.65 if ax == 1 else 1.0)
+            lon = (P[i, ta] - lo_t) / dt
+            if travel < 0:
+                lon = 1 - lon
+            lat = (P[i, other] - lo_o) / do
+            end_face = ax == ta
+            front = end_face and (normal_sign[i] * travel) > 0
+            rear = end_face and not front
+            side = ax == other
+            glass = zf > glass_lo and zf < 0.93 and ax != 2
+            if is_truck:
+                glass = glass and (front or (side and lon > 0.8))
+            tyre = side and zf < 0.28 and (abs(lon - 0.18) < 0.09 or abs(lon - 0.82) < 0.09)
+            for c in range(3):
+                alb[i, c] = shade * colour[c]
+            if glass:
+                alb[i, 0] = alb[i, 1] = alb[i, 2] = 0.05
+            if tyre:
+                alb[i, 0] = alb[i, 1] = alb[i, 2] = 0.03
+            lamp = zf > 0.3 and zf < 0.48 and (lat < 0.22 or lat > 0.78)
+            if headlights and lamp:
+                if front:
+                    emis[i, 0] = 3.0
+                    emis[i, 1] = 3.0
+                    emis[i, 2] = 2.7
+                elif rear:
+                    emis[i, 0] = 1.2
+                    emis[i, 1] = 0.05
+                    emis[i, 2] = 0.05
+            if engine_on:
+                tv = t_air + 4.0
+                if (front and zf < 0.6) or (side and lon > 0.75 and zf < 0.5):
+                    tv = t_air + 35.0
+                if tyre:
+                    tv = t_air + (18.0 if moving else 4.0)
+                if rear and zf < 0.25:
+                    tv = t_air + 25.0
+                if glass:
+                    tv = t_air - 6.0
+            else:
+                tv = t_road + rng_r
+                if glass:
+                    tv = t_road - 1.0
+            temp[i] = tv
+        return alb, emis, temp
+
+    def _vehicle_appearance(P, axis, normal_sign, *args):
+        return _vehicle_appearance_kernel(np.ascontiguousarray(P), np.ascontiguousarray(axis, np.intp),
+                                          np.ascontiguousarray(normal_sign, np.float64), *args)
 
     def _cast_box(inv_rays, o, lo, hi, y0, y1, x0, x1, zr, idb, k):
         return _cast_box_kernel(inv_rays, o, np.asarray(lo, np.float64), np.asarray(hi, np.float64),
@@ -342,6 +409,12 @@ class Renderer:
         ta = 0 if v.along_x else 1
         other = 1 - ta
         travel = np.sign(v.vel[ta]) if v.moving else (1.0 if self.sc.road.lanes[v.lane].travel == 'positive' else -1.0)
+        if _vehicle_appearance is not None:
+            return _vehicle_appearance(
+                P, axis, normal_sign, float(lo[2]), float(max(hi[2] - lo[2], 1e-6)), float(lo[ta]),
+                float(max(hi[ta] - lo[ta], 1e-6)), float(lo[other]), float(max(hi[other] - lo[other], 1e-6)),
+                ta, float(travel), np.asarray(v.colour, np.float64), v.kind == 'car', v.kind == 'truck',
+                self.headlights, v.engine_on, v.moving, float(self.t_air), float(self.t_road), float(rng_r))
         # longitudinal position along travel (0 rear .. 1 front) and lateral position across the width
         lon = (P[..., ta] - lo[ta]) / max(hi[ta] - lo[ta], 1e-6)
         if travel < 0:

@@ -111,8 +111,9 @@ def test_headlights_visible_at_night():
 
 
 def test_compiled_and_numpy_ray_casting_give_identical_images():
-    """The compiled box ray caster (render._cast_box) and its numpy twin give the same bits:
-    a whole frame of a busy town scene rendered both ways."""
+    """The compiled box ray caster (render._cast_box) and vehicle appearance (render._vehicle_appearance)
+    and their numpy twins give the same bits: frames of a busy town scene at night (lamps) rendered both
+    ways."""
     import dataclasses
 
     from mmdistill_sim import render
@@ -121,17 +122,19 @@ def test_compiled_and_numpy_ray_casting_give_identical_images():
         pytest.skip('numba not available: only the numpy ray caster exists')
     sc = dataclasses.replace(load_scenario('town-night-driving'), duration_s=1.0)
     frames = {}
-    for name, fn in (('compiled', render._cast_box), ('numpy', render._cast_box_numpy)):
-        render._cast_box, saved = fn, render._cast_box
+    saved = render._cast_box, render._vehicle_appearance
+    for name, fns in (('compiled', saved), ('numpy', (render._cast_box_numpy, None))):
+        render._cast_box, render._vehicle_appearance = fns
         try:
-            frames[name] = Simulator(sc).frame(5)
+            sim = Simulator(sc)
+            frames[name] = [sim.frame(k) for k in (0, 5, 9)]
         finally:
-            render._cast_box = saved
-    a, b = frames['compiled'], frames['numpy']
-    assert len(a.gt) > 3
-    assert np.array_equal(a.rgb, b.rgb) and np.array_equal(a.thermal, b.thermal)
-    assert np.array_equal(a.depth, b.depth, equal_nan=True)
-    assert a.gt.to_list() == b.gt.to_list()
+            render._cast_box, render._vehicle_appearance = saved
+    for a, b in zip(frames['compiled'], frames['numpy']):
+        assert len(a.gt) > 3
+        assert np.array_equal(a.rgb, b.rgb) and np.array_equal(a.thermal, b.thermal)
+        assert np.array_equal(a.depth, b.depth, equal_nan=True)
+        assert a.gt.to_list() == b.gt.to_list()
 
 
 def test_project_boxes_equals_project_box():
