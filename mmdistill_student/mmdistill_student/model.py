@@ -84,6 +84,8 @@ class StudentConfig:
             raise ConfigError(f'student encoder config must not set {sorted(bad)} (derived from the '
                               'front end and image size)')
         fe = self.frontend_config()
+        if self.encoder_kind == 'column':       # stored explicitly: see from_dict
+            self.encoder = {'position': ColumnEncoderConfig.position, **self.encoder}
         if self.input_channels is not None:
             self.input_channels = [int(c) for c in self.input_channels]
             if not self.input_channels or len(set(self.input_channels)) != len(self.input_channels) \
@@ -136,7 +138,13 @@ class StudentConfig:
         unknown = set(d) - names
         if unknown:
             raise ConfigError(f'StudentConfig: unknown keys {sorted(unknown)}')
-        return cls(**dict(d))
+        d = dict(d)
+        if dict(d.get('encoder') or {}).get('kind', 'column') == 'column' and \
+                FrontendConfig.from_dict(dict(d.get('frontend') or {})).kind == 'acoustic_image':
+            # checkpoints written before the column decoder's ``position`` existed decode
+            # shift-equivariantly; newer ones store it
+            d['encoder'] = {'position': 0, **dict(d.get('encoder') or {})}
+        return cls(**d)
 
 
 class StudentDetector(nn.Module):

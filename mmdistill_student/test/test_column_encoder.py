@@ -70,3 +70,21 @@ def test_position_lets_the_decoder_depend_on_the_bearing():
 def test_position_must_be_even():
     with pytest.raises(ConfigError, match='position'):
         ColumnEncoderConfig(position=3)
+
+
+
+def test_checkpoint_configs_from_before_position_load_without_it():
+    from mmdistill_sim.scenario import load_scenario
+    from mmdistill_student.model import StudentConfig
+    sc = load_scenario('town-day-static')
+    c = sc.camera
+    geo = {'mic_positions_m': sc.mic_array.positions().tolist(),
+           'camera': {'width': c.width, 'height': c.height, 'fx': c.fx, 'fy': c.fy, 'x_m': c.x_m,
+                      'height_m': c.height_m, 'pitch_deg': c.pitch_deg}}
+    fe = dict(kind='acoustic_image', hop=1024, columns=c.width // 8, geometry=geo)
+    new = StudentConfig(frontend=fe, image_size=(c.width, c.height), strides=(16, 32, 64))
+    assert new.encoder_config().position == ColumnEncoderConfig.position
+    assert StudentConfig.from_dict(new.to_dict()).encoder_config().position == ColumnEncoderConfig.position
+    old = new.to_dict()
+    del old['encoder']['position']
+    assert StudentConfig.from_dict(old).encoder_config().position == 0
