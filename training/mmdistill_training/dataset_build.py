@@ -60,6 +60,7 @@ F16_MAX = float(np.finfo(np.float16).max)
 class BuildConfig:
     """What ``mmdistill dataset build`` does; stored (in part) in index.json."""
     window: str = 'centered'
+    window_s: float = 1.0                # audio per window (the paper's 1 s; a parameter, DESIGN §7)
     features: Tuple[str, ...] = FEATURES
     frame_stride: int = 1
     split_file: Optional[Path] = None
@@ -82,6 +83,8 @@ class BuildConfig:
             raise ConfigError('--features must include logmel (the other groups are added to it)')
         if len(set(self.features)) != len(self.features):
             raise ConfigError(f'--features lists a group twice: {",".join(self.features)}')
+        if not 0.1 <= float(self.window_s) <= 4.0:
+            raise ConfigError(f'--window-s must be in [0.1, 4] s, got {self.window_s}')
         if int(self.frame_stride) < 1:
             raise ConfigError(f'--frame-stride must be >= 1, got {self.frame_stride}')
         if int(self.batch_size) < 1:
@@ -89,7 +92,7 @@ class BuildConfig:
 
     def window_samples(self, sample_rate: int) -> int:
         from mmdistill_student.frontend import FrontendConfig
-        return FrontendConfig(sample_rate=int(sample_rate)).window_samples
+        return FrontendConfig(sample_rate=int(sample_rate), window_s=float(self.window_s)).window_samples
 
     @property
     def acoustic(self) -> bool:
@@ -105,10 +108,11 @@ class BuildConfig:
                 raise ConfigError('--features srp,das needs the array and camera geometry: the drives are not '
                                   'named simulator scenarios with one common geometry; pass --geometry FILE.json')
             return FrontendConfig(sample_rate=int(sample_rate), channels=int(channels), mode=self.window,
-                                  kind='acoustic_image', hop=ACOUSTIC_HOP, columns=int(image_size[0]) // STRIDES[0],
-                                  geometry=geometry)
+                                  window_s=float(self.window_s), kind='acoustic_image', hop=ACOUSTIC_HOP,
+                                  columns=int(image_size[0]) // STRIDES[0], geometry=geometry)
         return FrontendConfig(sample_rate=int(sample_rate), channels=int(channels), mode=self.window,
-                              use_ild='ild' in self.features, use_gccphat='gcc' in self.features)
+                              window_s=float(self.window_s), use_ild='ild' in self.features,
+                              use_gccphat='gcc' in self.features)
 
 
 # ----------------------------------------------------------------------------------- audio

@@ -143,19 +143,21 @@ def test_gap_in_audio_skips_only_the_affected_frames(bags, centered):
     np.testing.assert_array_equal(ds.audio_window(r), seg[idx - SR // 2: idx + SR // 2])
 
 
-def test_causal_window_ends_at_the_stamp_and_frame_stride(bags, tmp_path, capsys):
+def test_causal_window_ends_at_the_stamp_window_length_and_frame_stride(bags, tmp_path, capsys):
     out = tmp_path / 'causal'
     assert main(['dataset', 'build', '--bags', str(bags['plain']), '--out', str(out), '--window', 'causal',
-                 '--features', 'logmel', '--frame-stride', '2', '--quiet']) == 0
+                 '--window-s', '0.5', '--features', 'logmel', '--frame-stride', '2', '--quiet']) == 0
     ds = DistillDataset(out)
+    n = SR // 2
     assert ds.frontend.feature_shape()[0] == 8 and ds.feature_groups == {'logmel': (0, 8)}
+    assert ds.frontend.window_s == 0.5 and ds.frontend.window_samples == n
     stamps = label_stamps(bags['plain'])[::2]
-    kept = [s for s in stamps if s * SR // 10**9 >= SR]
+    kept = [s for s in stamps if s * SR // 10**9 >= n]
     assert ds.stamps(range(len(ds))).tolist() == kept
     raw = np.concatenate([a for _, a in raw_audio(bags['plain'])])
     for r in (0, len(ds) - 1):
         idx = int(ds.stamps(r)[0]) * SR // 10**9
-        np.testing.assert_array_equal(ds.audio_window(r), raw[idx - SR:idx])
+        np.testing.assert_array_equal(ds.audio_window(r), raw[idx - n:idx])
     assert json.loads(capsys.readouterr().out)['n_frames'] == len(ds)
 
 
@@ -274,6 +276,7 @@ def test_missing_topics_corrupt_bags_and_bad_options(bags, tmp_path, capsys):
     assert 'nosuchbag' in _cli_error(tmp_path, capsys, [tmp_path / 'nosuchbag'])
     assert 'logmel' in _cli_error(tmp_path, capsys, [bags['plain']], '--features', 'ild,gcc')
     assert 'frame-stride' in _cli_error(tmp_path, capsys, [bags['plain']], '--frame-stride', '0')
+    assert 'window-s' in _cli_error(tmp_path, capsys, [bags['plain']], '--window-s', '0')
     # a bag whose every window is incomplete: nothing to write
     short = tmp_path / 'short'
     write_oracle_bag(short_scenario('day-static', 0.6, SR), short)

@@ -11,12 +11,14 @@ from mmdistill_common.errors import ConfigError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest='dataset_command', metavar='SUBCOMMAND', required=True)
     b = sub.add_parser('build', help='build a dataset directory from labelled bags',
-                       description='Cut a 1-s window per labelled frame, run the audio front end, store '
+                       description='Cut a window (1 s by default) per labelled frame, run the audio front end, store '
                                    'features, pseudo-labels, teacher boxes, attention, ground truth and splits.')
     b.add_argument('--bags', nargs='+', type=Path, required=True, metavar='BAG', help='labelled bags (one per drive)')
     b.add_argument('--out', type=Path, required=True, help='dataset directory to create (must not exist)')
     b.add_argument('--window', choices=('centered', 'causal'), default='centered',
                    help='window centred on the frame stamp (paper) or ending at it (no look-ahead)')
+    b.add_argument('--window-s', type=float, default=1.0, metavar='S',
+                   help='seconds of audio per window (default 1, the paper\'s; in [0.1, 4])')
     b.add_argument('--features', default='logmel,ild,gcc',
                    help='comma-separated feature groups: logmel,ild,gcc (logmel required) for the spectrogram '
                         'encoder, or srp,das for the acoustic image (default logmel,ild,gcc)')
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.geometry is not None:
         from mmdistill_student.calibration import load_geometry
         geometry = load_geometry(args.geometry)
-    cfg = BuildConfig(window=args.window, features=features, frame_stride=args.frame_stride,
+    cfg = BuildConfig(window=args.window, window_s=args.window_s, features=features, frame_stride=args.frame_stride,
                       split_file=args.split, batch_size=args.batch_size, geometry=geometry)
     index = build_dataset(args.bags, args.out, cfg, progress=not args.quiet)
     summary = {'out': str(args.out), 'n_frames': index['n_frames'], 'drives': len(index['drives']),
