@@ -204,6 +204,28 @@ def _retarded_delay(b: np.ndarray, u: np.ndarray, c: float) -> np.ndarray:
     return bb / (np.sqrt(bu * bu + A * bb) + bu + 1e-300)
 
 
+class _BlockMics:
+    """Microphone positions (G, M, 3) and their centre (G, 3) at reception times t, computed once per
+    distinct t for all the sources of a block (every source of a block asks for the same grid times)."""
+
+    def __init__(self, mics_world: Callable[[np.ndarray], np.ndarray]):
+        self.mics_world = mics_world
+        self._mics: dict = {}
+        self._centres: dict = {}
+
+    def __call__(self, t: np.ndarray) -> np.ndarray:
+        key = t.tobytes()
+        if key not in self._mics:
+            self._mics[key] = self.mics_world(t)
+        return self._mics[key]
+
+    def centre(self, t: np.ndarray) -> np.ndarray:
+        key = t.tobytes()
+        if key not in self._centres:
+            self._centres[key] = self(t).mean(axis=1)
+        return self._centres[key]
+
+
 def propagate(src: Source, mics_world: Callable[[np.ndarray], np.ndarray], n0: int, n1: int, fs: float,
               c: float, *, reflection: float = 0.8, absorption: bool = True,
               occluders: Sequence[tuple[np.ndarray, np.ndarray]] = (), occluder_loss_db: float = 12.0,
@@ -227,7 +249,7 @@ def propagate(src: Source, mics_world: Callable[[np.ndarray], np.ndarray], n0: i
     EXT = 2
     gc = np.arange(-EXT, G + EXT)
     tgc = (n0 + gc * GRID) / fs
-    centre = mics_world(tgc).mean(axis=1)
+    centre = mics_world.centre(tgc) if isinstance(mics_world, _BlockMics) else mics_world(tgc).mean(axis=1)
     pc = src.p0 + tgc[:, None] * src.vel
     pc[:, 2] = height
     # source-side band gains along the ray to the array centre (absorption + occlusion)
@@ -590,6 +612,7 @@ class AcousticRenderer:
         a = self.sc.audio
         if vehicles:
             t0, t1 = n0 / self.fs, n1 / self.fs
+            mics = _BlockMics(self.mics_world)
             for v, src, h in self.sources:
                 # skip only sources that are silent for the whole block: not yet emitting, or gone, or
                 # farther than max_range (+ what they can travel during the propagation delay) throughout
@@ -601,7 +624,7 @@ class AcousticRenderer:
                 closest = float(np.linalg.norm(q + ts * dv))
                 if closest > a.max_range_m + 50.0:
                     continue
-                out += propagate(src, self.mics_world, n0, n1, self.fs, self.c,
+                out += propagate(src, mics, n0, n1, self.fs, self.c,
                                  reflection=a.ground_reflection, absorption=a.air_absorption,
                                  occluders=self.world.occluders, occluder_loss_db=a.occluder_loss_db, height=h,
                                  max_range=a.max_range_m)
