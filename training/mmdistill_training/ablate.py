@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -21,44 +20,12 @@ from tqdm import tqdm
 from mmdistill_common.errors import ConfigError
 
 from .dataset import DistillDataset
+from .experiments import EXPERIMENTS, Experiment
 from .evaluate import evaluate_predictions, headline
 
 __all__ = ['Experiment', 'EXPERIMENTS', 'run_ablation', 'row_dir', 'classical_predictions', 'scene_prior_predictions',
            'aggregate_seeds', 'format_table']
 
-
-@dataclass(frozen=True)
-class Experiment:
-    name: str
-    config: Optional[str]         # shipped training config; None = not trained (classical, scene prior)
-    pretext: bool                 # encoder initialised from the counting pretext
-    group: str                    # table section
-    description: str
-    features: str = 'acoustic'    # which dataset the row reads: acoustic (the main one) or spectrogram
-
-
-EXPERIMENTS: List[Experiment] = [
-    Experiment('classical-srp', None, False, 'baselines', 'SRP-PHAT (pyroomacoustics) azimuth -> image box'),
-    Experiment('scene-prior', None, False, 'baselines',
-               'the best fixed set of boxes from the training pseudo-labels (k-means, K chosen on val), every frame'),
-    Experiment('stereosoundnet', 'stereosoundnet', False, 'baselines',
-               'StereoSoundNet-style: 2 mics, log-mel, RGB teacher, ranking loss', 'spectrogram'),
-    Experiment('spectrogram', 'spectrogram', True, 'baselines',
-               'the spectrogram encoder (reference approach): log-mel + ILD + GCC-PHAT maps, pooled, focal + MTA',
-               'spectrogram'),
-    Experiment('single-rgb', 'single-rgb', True, 'single teacher', 'RGB teacher boxes + attention'),
-    Experiment('single-depth', 'single-depth', True, 'single teacher', 'depth teacher boxes + attention'),
-    Experiment('single-thermal', 'single-thermal', True, 'single teacher', 'thermal teacher boxes + attention'),
-    Experiment('averaged-teachers', 'averaged-teachers', True, 'multi-teacher', 'MTA on the averaged teachers'),
-    Experiment('mta-reference', 'mta-reference', True, 'multi-teacher',
-               'reference implementation\'s MTA (probabilities as log-probabilities, T = 9, per teacher)'),
-    Experiment('no-mta', 'no-distill', True, 'ours (ablations)', 'focal + box loss only, no MTA'),
-    Experiment('ours-no-pretext', 'student', False, 'ours (ablations)', 'ours without the counting pretext'),
-    Experiment('ours', 'student', True, 'ours',
-               'acoustic image + column-equivariant network, pretext, focal + MTA (product)'),
-    Experiment('upper-bound', 'upper-bound', False, 'upper bound (not a result)',
-               'ours trained on simulator ground truth (headline rule): what the audio supports'),
-]
 
 #: the summary figures aggregated over seeds (mean and std) per reference
 _FIGURES = ('AP50', 'mAP_avg', 'CDx', 'CDy')

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mmdistill_training.ablate import EXPERIMENTS
+    from mmdistill_training.experiments import EXPERIMENTS
     parser.add_argument('--dataset', type=Path, required=True, help='dataset directory')
     parser.add_argument('--out', type=Path, required=True,
                         help='directory for one checkpoint per method, table.md and results.json '
