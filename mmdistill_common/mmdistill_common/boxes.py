@@ -40,6 +40,10 @@ def iou_matrix(a, b) -> np.ndarray:
     return out
 
 
+#: boxes up to which :func:`nms` computes the full IoU matrix (cheaper than a loop of slices)
+_NMS_FULL_MATRIX_UP_TO = 128
+
+
 def nms(boxes, scores, iou_threshold: float = 0.5) -> np.ndarray:
     """Greedy non-maximum suppression; returns kept indices, highest score first.
 
@@ -52,13 +56,33 @@ def nms(boxes, scores, iou_threshold: float = 0.5) -> np.ndarray:
         raise ValueError(f'{len(b)} boxes but {len(s)} scores')
     order = np.argsort(-s, kind='stable')
     keep = []
-    suppressed = np.zeros(len(b), dtype=bool)
-    ious = iou_matrix(b, b)
-    for i in order:
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed |= ious[i] > iou_threshold
+    if len(b) <= _NMS_FULL_MATRIX_UP_TO:
+        suppressed = np.zeros(len(b), dtype=bool)
+        ious = iou_matrix(b, b)
+        for i in order:
+            if suppressed[i]:
+                continue
+            keep.append(i)
+            suppressed |= ious[i] > iou_threshold
+        return np.asarray(keep, dtype=np.int64)
+    # many boxes (a decoder's 600 candidates, where the N x N matrix was most of a teacher's
+    # inference time): the IoU of each kept box with the boxes still in play only, with the
+    # arithmetic of iou_matrix, so the same boxes are kept
+    x1, y1, x2, y2 = (np.ascontiguousarray(b[:, k]) for k in range(4))
+    areas = np.maximum(x2 - x1, 0.0) * np.maximum(y2 - y1, 0.0)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        while len(order):
+            i = order[0]
+            keep.append(i)
+            rest = order[1:]
+            if not len(rest):
+                break
+            iw = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0.0)
+            ih = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0.0)
+            inter = iw * ih
+            union = areas[i] + areas[rest] - inter
+            iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+            order = rest[~(iou > iou_threshold)]
     return np.asarray(keep, dtype=np.int64)
 
 

@@ -42,6 +42,29 @@ def test_nms_properties(boxes, thr):
         assert np.any((iou_matrix([boxes[r]], kept)[0] > thr) & (scores[keep] >= scores[r]))
 
 
+@pytest.mark.parametrize('full_up_to', [0, 10 ** 6])
+def test_nms_matches_the_full_matrix_greedy_loop(monkeypatch, full_up_to):
+    """nms() (IoU of each kept box with the boxes still in play) keeps exactly what the plain
+    greedy loop over the full IoU matrix keeps, score ties included."""
+    def reference(b, s, thr):
+        ious, keep, suppressed = iou_matrix(b, b), [], np.zeros(len(b), bool)
+        for i in np.argsort(-s, kind='stable'):
+            if not suppressed[i]:
+                keep.append(i)
+                suppressed |= ious[i] > thr
+        return keep
+    import mmdistill_common.boxes as boxes
+    monkeypatch.setattr(boxes, '_NMS_FULL_MATRIX_UP_TO', full_up_to)
+    rng = np.random.default_rng(5)
+    for t in range(100):
+        n = int(rng.integers(0, 80))
+        xy = rng.uniform(0, 300, (n, 2))
+        b = np.concatenate([xy, xy + rng.uniform(0, 40, (n, 2))], axis=1)
+        s = np.round(rng.random(n), 1 if t % 2 else 6)
+        thr = float(rng.uniform(0.1, 0.9))
+        assert nms(b, s, thr).tolist() == reference(b, s, thr)
+
+
 def test_box_format_round_trip():
     b = np.array([[1.0, 2.0, 5.0, 10.0]])
     np.testing.assert_allclose(xyxy_to_cxcywh(b), [[3, 6, 4, 8]])

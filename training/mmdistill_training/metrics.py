@@ -177,12 +177,29 @@ def match_frame(pred_boxes, pred_scores, gt_boxes, iou_threshold: float = 0.5) -
     """
     pb, gb = as_boxes(pred_boxes), as_boxes(gt_boxes)
     s = np.asarray(pred_scores, dtype=np.float64).reshape(-1)
-    match = np.full(len(pb), -1, dtype=np.int64)
     if len(pb) == 0 or len(gb) == 0:
+        return np.full(len(pb), -1, dtype=np.int64)
+    return _greedy_match(iou_matrix(pb, gb), np.argsort(-s, kind='mergesort'), iou_threshold)
+
+
+def _greedy_match(ious: np.ndarray, order: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """:func:`match_frame` on a frame's (P, G) IoU matrix and its predictions' score order."""
+    match = np.full(ious.shape[0], -1, dtype=np.int64)
+    if ious.shape[0] == 0 or ious.shape[1] == 0:
         return match
-    ious = iou_matrix(pb, gb)
-    taken = np.zeros(len(gb), dtype=bool)
-    for d in np.argsort(-s, kind='mergesort'):
+    # a prediction overlapping no ground truth at the threshold matches nothing and changes
+    # nothing: skip it (most low-score detections; same result, a fraction of the loop)
+    order = order[ious[order].max(axis=1) >= iou_threshold]
+    if not len(order):
+        return match
+    over = ious[order] >= iou_threshold
+    if (over.sum(axis=1) == 1).all() and (over.sum(axis=0) <= 1).all():
+        # no two predictions want the same ground truth and none wants two: the greedy loop
+        # would give each its one candidate
+        match[order] = over.argmax(axis=1)
+        return match
+    taken = np.zeros(ious.shape[1], dtype=bool)
+    for d in order:
         row = np.where(taken, -1.0, ious[d])
         g = int(np.argmax(row))
         if row[g] >= iou_threshold:
@@ -191,17 +208,29 @@ def match_frame(pred_boxes, pred_scores, gt_boxes, iou_threshold: float = 0.5) -
     return match
 
 
-def _ranked_tp(preds, gts, iou_threshold: float) -> Tuple[np.ndarray, np.ndarray]:
-    """TP flags and scores of all detections, ranked like pycocotools; unmatched detections on an
-    ignore region are left out."""
-    tps, scores = [], []
+def _frame_pairs(preds, gts) -> List[tuple]:
+    """Per frame what matching needs at any IoU threshold: the predictions' score order, their
+    IoU with the ground truth and their highest IoU with an ignore region (None: no ignore
+    region or no prediction). Computed once when several thresholds are scored."""
+    out = []
     for (pb, ps, _), (gb, _, ig) in zip(preds, gts):
-        order = np.argsort(-ps, kind='mergesort')
-        m = match_frame(pb, ps, gb, iou_threshold)
-        keep = np.ones(len(pb), dtype=bool)
-        if len(ig) and len(pb):
-            keep = (m >= 0) | (iou_matrix(pb, ig).max(axis=1) < IGNORE_IOU)
-        order = order[keep[order]]
+        igmax = iou_matrix(pb, ig).max(axis=1) if len(ig) and len(pb) else None
+        out.append((np.argsort(-ps, kind='mergesort'), iou_matrix(pb, gb), igmax))
+    return out
+
+
+def _ranked_tp(preds, gts, iou_threshold: float, pairs: Optional[List[tuple]] = None
+               ) -> Tuple[np.ndarray, np.ndarray]:
+    """TP flags and scores of all detections, ranked like pycocotools; unmatched detections on an
+    ignore region are left out. ``pairs``: :func:`_frame_pairs` of the frames, if already at hand."""
+    if pairs is None:
+        pairs = _frame_pairs(preds, gts)
+    tps, scores = [], []
+    for (pb, ps, _), (order, ious, igmax) in zip(preds, pairs):
+        m = _greedy_match(ious, order, iou_threshold)
+        if igmax is not None:
+            keep = (m >= 0) | (igmax < IGNORE_IOU)
+            order = order[keep[order]]
         tps.append(m[order] >= 0)
         scores.append(ps[order])
     tp = np.concatenate(tps) if tps else np.zeros(0, dtype=bool)
@@ -243,6 +272,7 @@ def _ap_block(preds, gts, return_curves: bool) -> Dict[str, Any]:
     num_pred = int(sum(len(p[0]) for p in preds))
     out: Dict[str, Any] = {'num_gt': num_gt, 'num_pred': num_pred}
     cache: Dict[float, Tuple[float, float, np.ndarray, np.ndarray, np.ndarray]] = {}
+    pairs: List[list] = []              # the frames' IoUs, computed once for all thresholds
 
     def at(t: float):
         t = float(t)
@@ -250,7 +280,9 @@ def _ap_block(preds, gts, return_curves: bool) -> Dict[str, Any]:
             if num_gt == 0:
                 cache[t] = (_NAN, _NAN, np.zeros(0), np.zeros(0), np.zeros(0))
             else:
-                tp, sc = _ranked_tp(preds, gts, t)
+                if not pairs:
+                    pairs.append(_frame_pairs(preds, gts))
+                tp, sc = _ranked_tp(preds, gts, t, pairs[0])
                 rec, prec = _pr(tp, num_gt)
                 cache[t] = (voc_ap(rec, prec), coco_ap(rec, prec), rec, prec, sc)
         return cache[t]
@@ -267,6 +299,85 @@ def _ap_block(preds, gts, return_curves: bool) -> Dict[str, Any]:
                          'scores': at(t)[4].tolist()}
             for t in (0.5, 0.75)}
     return out
+
+
+class _FrameMatches:
+    """The per-frame part of :func:`evaluate_detections` (without classes) for one pairing of
+    prediction and ground-truth frames, computed once and shared by every subset of the frames
+    that :func:`evaluate_by_condition` scores: a subset's AP ranks its frames' matched detections
+    together exactly as :func:`detection_ap` on that subset does, and its centre distance pools
+    the same pairs, so the numbers are the same."""
+
+    def __init__(self, predictions: Sequence[Mapping], ground_truths: Sequence[Mapping]):
+        self.preds, self.gts = _frames(predictions, ground_truths)
+        self.pairs: Optional[List[tuple]] = None
+        self.ranked: Dict[float, List[Tuple[np.ndarray, np.ndarray]]] = {}
+        self.centres: Optional[List[Optional[Tuple[np.ndarray, np.ndarray]]]] = None
+
+    @property
+    def unlabelled(self) -> bool:
+        """No subset can be scored per class (predictions or ground truth carry no labels)."""
+        return all(p[2] is None for p in self.preds) or all(g[1] is None for g in self.gts)
+
+    def _ranked_at(self, t: float) -> List[Tuple[np.ndarray, np.ndarray]]:
+        if t not in self.ranked:
+            if self.pairs is None:
+                self.pairs = _frame_pairs(self.preds, self.gts)
+            out = []
+            for (pb, ps, _), (order, ious, igmax) in zip(self.preds, self.pairs):
+                m = _greedy_match(ious, order, t)
+                if igmax is not None:
+                    order = order[((m >= 0) | (igmax < IGNORE_IOU))[order]]
+                out.append((m[order] >= 0, ps[order]))
+            self.ranked[t] = out
+        return self.ranked[t]
+
+    def ap_block(self, idx: Sequence[int]) -> Dict[str, Any]:
+        """:func:`_ap_block` of the frames ``idx`` (no curves)."""
+        num_gt = int(sum(len(self.gts[i][0]) for i in idx))
+        out: Dict[str, Any] = {'num_gt': num_gt, 'num_pred': int(sum(len(self.preds[i][0]) for i in idx))}
+        cache: Dict[float, Tuple[float, float]] = {}
+
+        def at(t: float):
+            t = float(t)
+            if t not in cache:
+                if num_gt == 0:
+                    cache[t] = (_NAN, _NAN)
+                else:
+                    blocks = self._ranked_at(t)
+                    tp = np.concatenate([blocks[i][0] for i in idx]) if len(idx) else np.zeros(0, dtype=bool)
+                    sc = np.concatenate([blocks[i][1] for i in idx]) if len(idx) else np.zeros(0)
+                    rec, prec = _pr(tp[np.argsort(-sc, kind='mergesort')], num_gt)
+                    cache[t] = (voc_ap(rec, prec), coco_ap(rec, prec))
+            return cache[t]
+
+        out['AP50'] = at(0.5)[0]
+        out['AP75'] = at(0.75)[0]
+        out['mAP_avg'] = float(np.mean([at(t)[0] for t in VOC_AVG_IOUS]))
+        out['coco_AP'] = float(np.mean([at(t)[1] for t in COCO_IOUS]))
+        out['coco_AP50'] = at(COCO_IOUS[0])[1]
+        out['coco_AP75'] = at(COCO_IOUS[5])[1]
+        return out
+
+    def centre_distance(self, idx: Sequence[int], image_size: Tuple[float, float]) -> Dict[str, float]:
+        """:func:`centre_distance` of the frames ``idx`` (IoU 0.5, no score threshold)."""
+        width, height = (float(v) for v in image_size)
+        if self.centres is None:
+            self.centres = []
+            for (pb, ps, _), (gb, _, _) in zip(self.preds, self.gts):
+                keep = ps >= 0.0
+                pb, ps = pb[keep], ps[keep]
+                m = match_frame(pb, ps, gb, 0.5)
+                ok = m >= 0
+                self.centres.append((xyxy_to_cxcywh(pb[ok]), xyxy_to_cxcywh(gb[m[ok]])) if ok.any() else None)
+        pairs = [self.centres[i] for i in idx if self.centres[i] is not None]
+        if not pairs:
+            return {'CDx': _NAN, 'CDy': _NAN, 'cd_paper_x': _NAN, 'cd_paper_y': _NAN, 'cd_matched': 0}
+        diff = np.abs(np.concatenate([p for p, _ in pairs]) - np.concatenate([g for _, g in pairs]))
+        mean = diff.mean(axis=0) / np.array([width, height, width, height]) * 100.0
+        return {'CDx': float(mean[0]), 'CDy': float(mean[1]),
+                'cd_paper_x': float(mean[2]), 'cd_paper_y': float(mean[3]),
+                'cd_matched': int(len(diff))}
 
 
 def detection_ap(predictions: Sequence[Mapping], ground_truths: Sequence[Mapping], *,
@@ -303,6 +414,13 @@ def detection_ap(predictions: Sequence[Mapping], ground_truths: Sequence[Mapping
 
 # ----------------------------------------------------------------------------- centre distance
 
+def _check_image_size(image_size) -> Tuple[float, float]:
+    width, height = (float(v) for v in image_size)
+    if not (width > 0 and height > 0 and math.isfinite(width) and math.isfinite(height)):
+        raise ValueError(f'image_size must be positive finite (width, height), got {image_size}')
+    return width, height
+
+
 def centre_distance(predictions: Sequence[Mapping], ground_truths: Sequence[Mapping],
                     image_size: Tuple[float, float], *, iou_threshold: float = 0.5,
                     score_threshold: float = 0.0) -> Dict[str, float]:
@@ -316,9 +434,7 @@ def centre_distance(predictions: Sequence[Mapping], ground_truths: Sequence[Mapp
     differences of the same pairs) and ``cd_matched`` (number of pairs).
     Values are NaN when no pair is matched.
     """
-    width, height = (float(v) for v in image_size)
-    if not (width > 0 and height > 0 and math.isfinite(width) and math.isfinite(height)):
-        raise ValueError(f'image_size must be positive finite (width, height), got {image_size}')
+    width, height = _check_image_size(image_size)
     preds, gts = _frames(predictions, ground_truths)
     dp, dg = [], []
     for (pb, ps, _), (gb, _, _) in zip(preds, gts):
@@ -447,8 +563,19 @@ def evaluate_by_condition(predictions: Sequence[Mapping], ground_truths: Sequenc
         if not isinstance(c, Mapping):
             raise ValueError(f'condition tags of frame {i} must be a mapping, got {type(c).__name__}')
 
+    # every frame is matched once, not once per condition it carries (the results are the same;
+    # with per-class scores, which need labels on both sides, each subset is scored on its own)
+    shared = _FrameMatches(predictions, ground_truths)
+    if shared.unlabelled:
+        _check_image_size(image_size)
+
     def run(idx: List[int]) -> Dict[str, Any]:
-        res = evaluate_detections([predictions[i] for i in idx], [ground_truths[i] for i in idx], image_size)
+        if shared.unlabelled:
+            res = shared.ap_block(idx)
+            res.update(shared.centre_distance(idx, image_size))
+            res['num_frames'] = len(idx)
+        else:
+            res = evaluate_detections([predictions[i] for i in idx], [ground_truths[i] for i in idx], image_size)
         if gt_tracks is not None:
             res['tracking'] = mot_metrics([gt_tracks[i] for i in idx], [hyp_tracks[i] for i in idx])
         return res

@@ -172,6 +172,30 @@ def test_calibrate_fusion_finds_thresholds_that_drop_the_confident_false_boxes()
     assert info['drives'] == ['d0', 'd1', 'd2'] and len(info['search']) > 10
 
 
+def test_memoised_fusion_scorer_equals_the_plain_objective():
+    """The calibration's memoised scorer gives _fusion_objective's numbers for every config
+    (random detections: several per teacher, clusters, ignore regions, two condition groups),
+    also when a config repeats a frame's kept sets (cache hits)."""
+    from mmdistill_training.commands.teachers import _FusionScorer, _fusion_objective
+    rng = np.random.default_rng(11)
+    truths, preds = [], {'rgb': [], 'thermal': []}
+    for i in range(30):
+        gt = np.array([[x, 30, x + rng.uniform(10, 60), 30 + rng.uniform(8, 40)] for x in rng.uniform(0, 300, 3)])
+        truths.append(reference_frame({'boxes': gt, 'audible': np.array([True, True, i % 3 > 0])}))
+        for m in preds:
+            b = np.concatenate([gt + rng.normal(0, 4, gt.shape), np.tile(rng.uniform(0, 300, (4, 2)), 2)
+                                + [0, 0, 30, 20]]).astype(np.float32)
+            preds[m].append({'boxes': b, 'scores': rng.uniform(0, 1, len(b)).astype(np.float32)})
+    groups = {'all': list(range(30)), 'a': list(range(0, 30, 2)), 'b': list(range(1, 30, 2))}
+    scorer = _FusionScorer(preds, truths, groups)
+    for method in ('nms', 'wbf'):
+        for thr in ({'rgb': 0.5, 'thermal': 0.5}, {'rgb': 0.2, 'thermal': 0.6}, {'rgb': 0.21, 'thermal': 0.6}):
+            cfg = FusionConfig(thr, 0.5, method, ('rgb', 'thermal'))
+            fast, slow = scorer(cfg), _fusion_objective(preds, truths, groups, cfg)
+            assert fast['AP50'] == pytest.approx(slow['AP50'], abs=1e-12)
+            assert fast['objective'] == pytest.approx(slow['objective'], abs=1e-12)
+
+
 def test_teachers_side_by_side_equal_one_after_another():
     rng = np.random.default_rng(3)
     frames = []

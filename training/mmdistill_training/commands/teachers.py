@@ -334,12 +334,74 @@ def ap50(predictions: Sequence[Mapping], ground_truths: Sequence[Mapping]) -> fl
 def _fusion_objective(predictions: Mapping[str, List[dict]], truths: List[dict], groups: Dict[str, List[int]],
                       config) -> dict:
     """Headline-rule AP@0.5 of the fused labels over all frames and per condition group; the
-    objective is the overall AP plus the worst group's AP (the issue's two bars, weighted alike)."""
+    objective is the overall AP plus the worst group's AP (the issue's two bars, weighted alike).
+    The plain definition: :class:`_FusionScorer` computes the same, memoised, for the search."""
     from mmdistill_training.teacher_eval import fused_predictions
     fused = fused_predictions(predictions, config)
     ap = {name: ap50([fused[i] for i in idx], [truths[i] for i in idx]) for name, idx in groups.items()}
+    return _objective(ap)
+
+
+def _objective(ap: Dict[str, float]) -> dict:
     worst = min((v for k, v in ap.items() if k != 'all' and not math.isnan(v)), default=math.nan)
     return {'AP50': ap, 'worst': worst, 'objective': ap['all'] + (0.0 if math.isnan(worst) else worst)}
+
+
+class _FusionScorer:
+    """:func:`_fusion_objective` for many fusion configs on the same frames, memoised per frame.
+
+    A frame's fused labels depend on the thresholds only through the set of detections each
+    teacher keeps (``score >= threshold``), i.e. on how many of its detections pass; the search
+    moves one teacher's threshold at a time, so most frames keep the same sets and their
+    matched, ranked detections (the per-frame part of :func:`ap50`) are reused. The AP of a
+    group is then its frames' ranked blocks concatenated and ranked once, exactly as
+    :func:`mmdistill_training.metrics.detection_ap` does: results equal :func:`_fusion_objective`.
+    """
+
+    def __init__(self, predictions: Mapping[str, List[dict]], truths: List[dict], groups: Dict[str, List[int]]):
+        from mmdistill_training import metrics
+        self.predictions = predictions
+        self.mods = tuple(predictions)
+        self.n = len(truths)
+        # ascending scores per teacher and frame: kept count = n - searchsorted(score, thr, 'left')
+        self.asc = {m: [np.sort(np.asarray(p['scores'], dtype=np.float64).reshape(-1)) for p in predictions[m]]
+                    for m in self.mods}
+        self.gts = [metrics._gt_frame(t, i) for i, t in enumerate(truths)]
+        self.groups = {name: list(idx) for name, idx in groups.items()}
+        self.num_gt = {name: int(sum(len(self.gts[i][0]) for i in idx)) for name, idx in self.groups.items()}
+        self.cache: List[dict] = [{} for _ in range(self.n)]
+        self.misses = 0
+
+    def _frame(self, i: int, config) -> tuple:
+        from mmdistill_teachers.fusion import fuse_detections
+        from mmdistill_training import metrics
+        thr = config.score_thresholds
+        key = (config.method, config.iou_threshold, config.max_detections) + tuple(
+            len(a) - int(np.searchsorted(a, float(thr[m]), side='left'))
+            for m, a in ((m, self.asc[m][i]) for m in self.mods))
+        hit = self.cache[i].get(key)
+        if hit is None:
+            self.misses += 1
+            fd = fuse_detections({m: self.predictions[m][i] for m in self.mods},
+                                 score_thresholds=dict(thr), iou_threshold=config.iou_threshold,
+                                 method=config.method, modalities=self.mods, max_detections=config.max_detections)
+            pred = metrics._pred_frame({'boxes': fd.boxes, 'scores': fd.scores}, i)
+            hit = self.cache[i][key] = metrics._ranked_tp([pred], [self.gts[i]], 0.5)
+        return hit
+
+    def __call__(self, config) -> dict:
+        from mmdistill_training import metrics
+        per_frame = [self._frame(i, config) for i in range(self.n)]
+        ap = {}
+        for name, idx in self.groups.items():
+            if self.num_gt[name] == 0:
+                ap[name] = math.nan
+                continue
+            tp = np.concatenate([per_frame[i][0] for i in idx])
+            sc = np.concatenate([per_frame[i][1] for i in idx])
+            rank = np.argsort(-sc, kind='mergesort')
+            ap[name] = metrics.voc_ap(*metrics._pr(tp[rank], self.num_gt[name]))
+        return _objective(ap)
 
 
 #: calibration frames at most (an even subsample of the validation frames): the search fuses and
@@ -374,10 +436,11 @@ def calibrate_fusion(predictions: Mapping[str, List[dict]], frames, iou_threshol
         for i, f in enumerate(frames):
             if f.tags.get(k) not in (None, ''):
                 groups.setdefault(f'{k}={f.tags[k]}', []).append(i)
+    scorer = _FusionScorer(predictions, truths, groups)
     search, best = [], {}
     for method in ('nms', 'wbf'):
         thr = {m: 0.5 for m in mods}
-        score = _fusion_objective(predictions, truths, groups, FusionConfig(thr, iou_threshold, method, mods))
+        score = scorer(FusionConfig(thr, iou_threshold, method, mods))
         search.append({'method': method, 'score_thresholds': dict(thr), **score})
         for _ in range(rounds):
             for m in mods:
@@ -385,8 +448,7 @@ def calibrate_fusion(predictions: Mapping[str, List[dict]], frames, iou_threshol
                     if t == thr[m]:
                         continue
                     cand = {**thr, m: t}
-                    sc = _fusion_objective(predictions, truths, groups,
-                                           FusionConfig(cand, iou_threshold, method, mods))
+                    sc = scorer(FusionConfig(cand, iou_threshold, method, mods))
                     search.append({'method': method, 'score_thresholds': dict(cand), **sc})
                     if sc['objective'] > score['objective'] + 1e-9:
                         thr, score = cand, sc
