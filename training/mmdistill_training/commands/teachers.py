@@ -238,12 +238,16 @@ def _condition_index(frames) -> Dict[str, List[int]]:
     return groups
 
 
-def _scores(preds, gts, idx) -> dict:
-    from mmdistill_training.metrics import detection_ap, match_frame
-    p = [preds[i] for i in idx]
-    g = [gts[i] for i in idx]
-    ap = detection_ap(p, g, per_class=False)
-    tp = sum(int((match_frame(a['boxes'], a['scores'], b['boxes']) >= 0).sum()) for a, b in zip(p, g))
+def _scores(preds, gts, idx, shared=None) -> dict:
+    """AP@0.5 / 0.75, precision and recall of the frames ``idx``. ``shared``: ``(matches,
+    matched)`` of all the frames (:class:`mmdistill_training.metrics._FrameMatches` and per frame
+    the count of matched predictions), so that a frame in several conditions is matched once."""
+    from mmdistill_training.metrics import _FrameMatches, match_frame
+    if shared is None:
+        shared = (_FrameMatches(preds, gts),
+                  [int((match_frame(a['boxes'], a['scores'], b['boxes']) >= 0).sum()) for a, b in zip(preds, gts)])
+    ap = shared[0].ap_block(idx)          # = detection_ap(frames idx, per_class=False)
+    tp = sum(shared[1][i] for i in idx)
     n_pred, n_gt = ap['num_pred'], ap['num_gt']
     return {'AP50': ap['AP50'], 'AP75': ap['AP75'], 'num_gt': n_gt, 'num_pred': n_pred, 'num_frames': len(idx),
             'precision': tp / n_pred if n_pred else math.nan, 'recall': tp / n_gt if n_gt else math.nan}
@@ -260,6 +264,7 @@ def evaluate_predictions(predictions: Mapping[str, List[dict]], frames, fusion_c
     """
     from mmdistill_teachers.fusion import fuse_detections
     from mmdistill_teachers.labelling import FusionConfig
+    from mmdistill_training.metrics import _FrameMatches, match_frame
 
     frames = _frames_of(frames)
     mods = tuple(predictions)
@@ -276,7 +281,9 @@ def evaluate_predictions(predictions: Mapping[str, List[dict]], frames, fusion_c
     def scored(per_frame: List[dict]) -> Dict[str, dict]:
         pairs = [_with_ignore(d['boxes'], d['scores'], f.boxes, ign, eval_min_height) for d, f, ign in zip(per_frame, frames, ignores)]
         preds, gts = [a for a, _ in pairs], [b for _, b in pairs]
-        return {c: _scores(preds, gts, idx) for c, idx in groups.items()}
+        shared = (_FrameMatches(preds, gts),
+                  [int((match_frame(a['boxes'], a['scores'], b['boxes']) >= 0).sum()) for a, b in zip(preds, gts)])
+        return {c: _scores(preds, gts, idx, shared) for c, idx in groups.items()}
 
     out = {'eval_min_height': eval_min_height, 'min_seen': min_seen, 'score_floor': SCORE_FLOOR,
            'conditions': {c: len(idx) for c, idx in groups.items()},
