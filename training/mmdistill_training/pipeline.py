@@ -58,6 +58,9 @@ class DemoPlan:
     replay_rate: float
     workers: int = 2
     frame_rate: Optional[float] = None     # camera frame rate override (Hz); None = the scenarios'
+    teacher_jobs: int = 1                  # teachers trained side by side (one thread each)
+    teacher_val_stride: Optional[int] = None   # frame stride on the val drives (None = teacher_frame_stride)
+    teacher_eval_stride: int = 1           # frame stride of `teachers evaluate` on the test drives
 
 
 PLANS: Dict[str, DemoPlan] = {
@@ -68,7 +71,8 @@ PLANS: Dict[str, DemoPlan] = {
                                 'town-day-driving', 'town-dusk-driving', 'town-night-driving', 'town-rain-driving'),
                      drives_per_scenario=4, duration_s=24.0, teacher_epochs=8, teacher_frame_stride=1,
                      teacher_max_steps=800, label_frame_stride=1, dataset_frame_stride=1, pretext_epochs=2,
-                     student_epochs=14, replay_scenario='town-day-driving', replay_rate=2.0, frame_rate=5.0),
+                     student_epochs=14, replay_scenario='town-day-driving', replay_rate=2.0, frame_rate=5.0,
+                     teacher_jobs=3, teacher_val_stride=4, teacher_eval_stride=2),
     'quick': DemoPlan(scenarios=('day-static', 'night-static', 'occluded-crossing'),
                       drives_per_scenario=3, duration_s=6.0, teacher_epochs=2, teacher_frame_stride=2, teacher_max_steps=60,
                       label_frame_stride=2, dataset_frame_stride=1, pretext_epochs=1, student_epochs=2,
@@ -185,9 +189,11 @@ def run_demo(out: Path, plan: DemoPlan, quick: bool) -> Path:
     targs = ['teachers', 'train', '--bags', *[bags[d] for d in train_drives],
              '--val-bags', *[bags[d] for d in split['val']], '--out', teachers,
              '--epochs', plan.teacher_epochs, '--frame-stride', plan.teacher_frame_stride,
-             '--max-steps', plan.teacher_max_steps, '--force']
+             '--max-steps', plan.teacher_max_steps, '--jobs', plan.teacher_jobs, '--force',
+             *(['--val-stride', plan.teacher_val_stride] if plan.teacher_val_stride else [])]
     eargs = ['teachers', 'evaluate', '--teachers', teachers, '--bags', *[bags[d] for d in split['test']],
-             '--out', teachers / 'evaluation.json', '--report', teachers / 'evaluation', '--no-progress']
+             '--out', teachers / 'evaluation.json', '--report', teachers / 'evaluation',
+             '--frame-stride', plan.teacher_eval_stride, '--no-progress']
     st.commands[name] = ['mmdistill ' + ' '.join(str(a).replace(str(out) + '/', '') for a in args)
                          for args in (targs, eargs)]
     if st.start(name):
