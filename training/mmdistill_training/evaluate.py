@@ -21,6 +21,7 @@ from mmdistill_common.errors import ConfigError
 from .dataset import DistillDataset
 from .metrics import (MIN_GT_HEIGHT_PX, MIN_VISIBLE_FRACTION, evaluate_by_condition, evaluate_detections,
                       evaluate_truth, reference_frame)
+from .train_config import DEFAULTS
 from .trainer import TEACHER_SCORE_THRESHOLD, plan_channels, predict_rows, reference_frames
 
 __all__ = ['check_frontend_compatible', 'student_predictor', 'truth_frames', 'evaluate_predictions',
@@ -89,7 +90,7 @@ def evaluate_predictions(ds: DistillDataset, rows: Sequence[int], predictions: L
     conds = _conditions(ds, rows)
     keys = [k for k in CONDITION_KEYS if any(k in c for c in conds)]
     out: Dict[str, dict] = {'num_frames': len(rows)}
-    pl = reference_frames(ds, rows, 'fused')
+    pl = reference_frames(ds, rows, 'fused', DEFAULTS['min_label_score'])
     res = evaluate_by_condition(predictions, pl, conds, size, keys=keys)
     if curves:
         res['all']['curves'] = evaluate_detections(predictions, pl, size, per_class=False,

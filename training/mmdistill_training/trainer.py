@@ -170,10 +170,12 @@ def _mirror_features(x: torch.Tensor, mirror: np.ndarray) -> torch.Tensor:
 
 # ------------------------------------------------------------------------ data
 
-def reference_frames(ds: DistillDataset, rows: Sequence[int], targets: str) -> List[dict]:
-    """Per row the boxes that supervise / evaluate the student: fused pseudo-labels, one
-    teacher's own detections (score >= 0.5, the fusion's per-teacher threshold), or the simulator
-    truth under the headline rule (``ground_truth``: the upper-bound row only)."""
+def reference_frames(ds: DistillDataset, rows: Sequence[int], targets: str,
+                     min_label_score: float = 0.0) -> List[dict]:
+    """Per row the boxes that supervise / evaluate the student: fused pseudo-labels scored at
+    least ``min_label_score``, one teacher's own detections (score >= 0.5, the fusion's
+    per-teacher threshold), or the simulator truth under the headline rule (``ground_truth``:
+    the upper-bound row only)."""
     out = []
     for r in rows:
         if targets == 'ground_truth':
@@ -184,6 +186,8 @@ def reference_frames(ds: DistillDataset, rows: Sequence[int], targets: str) -> L
             s = np.ones(len(b))
         elif targets == 'fused':
             b, s = ds.labels(int(r))
+            keep = np.asarray(s) >= min_label_score
+            b, s = np.asarray(b)[keep], np.asarray(s)[keep]
         else:
             b, s = ds.teacher_boxes(int(r), targets)
             keep = s >= TEACHER_SCORE_THRESHOLD
@@ -336,7 +340,7 @@ def _load_batch(ds: DistillDataset, rows: np.ndarray, channels, refs: Dict[int, 
             if strides is not None and tuple(strides) != tuple(ds.index['strides']):
                 att[m] = align_attention(att[m], ds.index['strides'], strides)
     present = torch.from_numpy(np.asarray(ds.teacher_present(rows), bool))
-    counts = torch.from_numpy(np.asarray(ds.counts(rows), np.int64))
+    counts = torch.tensor([len(b) for b in boxes], dtype=torch.int64)     # the boxes the student learns
     if mirror is not None:
         flip = torch.from_numpy(rng.random(len(rows)) < 0.5)
         if flip.any():
@@ -391,8 +395,8 @@ def train(cfg: TrainConfig, dataset_dir: Path, out_dir: Path, init: Optional[str
     count_head = CountingHead(model.encoder.cfg.embed_dim, cfg.pretext['max_count']) \
         if cfg.stage == 'pretext' else None
     targets = cfg.targets
-    refs_train = dict(zip(train_rows.tolist(), reference_frames(ds, train_rows, targets)))
-    refs_val = reference_frames(ds, val_rows, targets)
+    refs_train = dict(zip(train_rows.tolist(), reference_frames(ds, train_rows, targets, cfg.min_label_score)))
+    refs_val = reference_frames(ds, val_rows, targets, cfg.min_label_score)
     mirror = mirror_plan(ds.index.get('geometry'), model.config.image_size[0], plan, ds.feature_groups) \
         if o['hflip'] else None
 
@@ -498,7 +502,8 @@ def train(cfg: TrainConfig, dataset_dir: Path, out_dir: Path, init: Optional[str
         t_val = time.perf_counter()
         if rank == 0:
             if count_head is not None:
-                value = _pretext_accuracy(model, count_head, ds, val_rows, plan.dataset_channels,
+                value = _pretext_accuracy(model, count_head, ds, val_rows, [len(f['boxes']) for f in refs_val],
+                                          plan.dataset_channels,
                                           cfg.pretext['max_count'], device)
                 row['val_accuracy'] = value
             else:
@@ -587,7 +592,7 @@ def _calibrate_checkpoint(out_dir: Path, ds: DistillDataset, val_rows: np.ndarra
 
 
 @torch.no_grad()
-def _pretext_accuracy(model, head, ds, rows, channels, max_count, device) -> float:
+def _pretext_accuracy(model, head, ds, rows, counts, channels, max_count, device) -> float:
     model.eval()
     head.eval()
     correct = 0
@@ -595,7 +600,7 @@ def _pretext_accuracy(model, head, ds, rows, channels, max_count, device) -> flo
         r = rows[i:i + 64]
         x = torch.from_numpy(ds.features(r, channels=list(channels))).float().to(device)
         pred = head(model.encoder.embed(x)).argmax(dim=1).cpu().numpy()
-        correct += int((pred == np.minimum(np.asarray(ds.counts(r)), max_count)).sum())
+        correct += int((pred == np.minimum(np.asarray(counts[i:i + 64]), max_count)).sum())
     return correct / max(len(rows), 1)
 
 

@@ -172,3 +172,22 @@ def test_align_attention_to_coarser_student_strides():
     assert out[0] is maps[1] and out[1] is maps[2]
     torch.testing.assert_close(out[2].sum(dim=(1, 2)), maps[2].sum(dim=(1, 2)))     # mass is kept
     assert align_attention(maps, (8, 16, 32), (8, 16, 32)) == maps
+
+
+def test_fused_targets_keep_the_labels_scored_at_least_min_label_score(dataset):
+    from mmdistill_training.dataset import DistillDataset
+    from mmdistill_training.trainer import reference_frames
+    ds = DistillDataset(dataset)
+    rows = ds.split_indices('train')
+    scores = np.concatenate([ds.labels(int(r))[1] for r in rows])
+    tau = float(np.median(scores))
+    assert scores.min() < tau <= scores.max()
+    every = reference_frames(ds, rows, 'fused')
+    kept = reference_frames(ds, rows, 'fused', tau)
+    for r, a, b in zip(rows, every, kept):
+        boxes, s = ds.labels(int(r))
+        np.testing.assert_array_equal(b['boxes'], np.asarray(boxes, np.float64).reshape(-1, 4)[s >= tau])
+        assert len(a['boxes']) == len(s)
+    assert 0 < sum(len(f['boxes']) for f in kept) < sum(len(f['boxes']) for f in every)
+    with pytest.raises(ConfigError, match='min_label_score'):
+        cfg(min_label_score=1.5)
