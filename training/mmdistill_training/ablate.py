@@ -85,7 +85,8 @@ def _check_twin(ds: DistillDataset, twin: DistillDataset) -> None:
 
 
 def _train_row(exp: Experiment, dataset: Path, ds: DistillDataset, rows, d: Path, pretext_dir: Path,
-               seed: int, epochs: Optional[int], progress: bool) -> Tuple[List[dict], dict]:
+               seed: int, epochs: Optional[int], progress: bool,
+               min_label_score: Optional[float] = None) -> Tuple[List[dict], dict]:
     from .evaluate import student_predictor
     from .train_config import load_train_config
     from .trainer import train
@@ -93,6 +94,8 @@ def _train_row(exp: Experiment, dataset: Path, ds: DistillDataset, rows, d: Path
     ov: Dict[str, object] = {'seed': seed}
     if epochs:
         ov['optim'] = {'epochs': epochs}
+    if min_label_score is not None:
+        ov['min_label_score'] = min_label_score
     summary = train(load_train_config(exp.config, ov), dataset, d,
                     init=f'pretext:{pretext_dir}' if exp.pretext else None,
                     progress=progress, resume=(d / 'train_state.json').is_file())
@@ -106,9 +109,10 @@ def _train_row(exp: Experiment, dataset: Path, ds: DistillDataset, rows, d: Path
 def run_ablation(dataset: Path, out: Path, names: Optional[Sequence[str]] = None,
                  epochs: Optional[int] = None, pretext_epochs: Optional[int] = None,
                  progress: bool = True, split: str = 'test', seeds: Sequence[int] = (0,),
-                 spectrogram_dataset: Optional[Path] = None) -> dict:
+                 spectrogram_dataset: Optional[Path] = None, min_label_score: Optional[float] = None) -> dict:
     """Train and evaluate every row for every seed (``out/seed-S/<row>``), then one table of mean
-    and std over seeds. Rows on the spectrogram encoder read ``spectrogram_dataset`` (the same
+    and std over seeds (``min_label_score``: the fused pseudo-labels kept as targets and as the PL
+    reference, default the training configs'). Rows on the spectrogram encoder read ``spectrogram_dataset`` (the same
     labelled bags built with ``--features logmel,ild,gcc``) and are left out without it."""
     from .train_config import load_train_config
     from .trainer import train
@@ -152,6 +156,8 @@ def run_ablation(dataset: Path, out: Path, names: Optional[Sequence[str]] = None
             pretext_dir = root / ('pretext-spectrogram' if exp.features == 'spectrogram' else 'pretext')
             if exp.pretext and not (pretext_dir / 'summary.json').is_file():
                 ov: Dict[str, object] = {'seed': seed}
+                if min_label_score is not None:
+                    ov['min_label_score'] = min_label_score
                 if pretext_epochs:
                     ov['optim'] = {'epochs': pretext_epochs}
                 if exp.features == 'spectrogram':       # the spectrogram rows' network (spectrogram.yaml)
@@ -166,9 +172,10 @@ def run_ablation(dataset: Path, out: Path, names: Optional[Sequence[str]] = None
             elif exp.config is None:
                 preds = classical_predictions(ds, rows, ds.split_indices('train'), progress=progress)
             else:
-                preds, more = _train_row(exp, src, src_ds, rows, d, pretext_dir, seed, epochs, progress)
+                preds, more = _train_row(exp, src, src_ds, rows, d, pretext_dir, seed, epochs, progress,
+                                         min_label_score)
                 extra.update(more)
-            res = evaluate_predictions(ds, rows, preds)
+            res = evaluate_predictions(ds, rows, preds, min_label_score=min_label_score)
             row = _row(exp.name, exp, res, {**extra, 'time_s': time.perf_counter() - t0})
             eval_path.write_text(json.dumps(row, indent=1, default=float))
             per_seed[exp.name].append(row)

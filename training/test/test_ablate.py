@@ -31,3 +31,10 @@ def test_one_seed_has_no_spread_and_rows_cover_the_issue():
             'averaged-teachers', 'mta-reference', 'stereosoundnet', 'spectrogram', 'classical-srp',
             'scene-prior', 'upper-bound'} <= names
     assert row_dir('x', 'ours', 2).as_posix() == 'x/seed-2/ours'
+
+
+def test_min_label_score_out_of_range_is_one_error_line(tmp_path, capsys):
+    from mmdistill_training.cli import main
+    rc = main(['ablate', '--dataset', str(tmp_path), '--out', str(tmp_path / 'out'), '--min-label-score', '1.5'])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and 'min-label-score' in err

@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--spectrogram-dataset', type=Path, metavar='DIR',
                         help='the same labelled bags built with --features logmel,ild,gcc: enables the '
                              'spectrogram-encoder and StereoSoundNet rows')
+    parser.add_argument('--min-label-score', type=float, metavar='S',
+                        help='fused pseudo-labels scored at least S are targets and the PL reference '
+                             '(default: the training configs\' min_label_score)')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
 
 
@@ -31,10 +34,12 @@ def run(args: argparse.Namespace) -> int:
         v = getattr(args, flag)
         if v is not None and v < 1:
             raise ConfigError(f'--{flag.replace("_", "-")} must be >= 1, got {v}')
+    if args.min_label_score is not None and not 0 <= args.min_label_score <= 1:
+        raise ConfigError(f'--min-label-score must be in [0, 1], got {args.min_label_score}')
     if args.seeds < 1:
         raise ConfigError(f'--seeds must be >= 1, got {args.seeds}')
     summary = run_ablation(args.dataset, args.out, args.only, args.epochs, args.pretext_epochs,
                            progress=not args.quiet, split=args.split, seeds=list(range(args.seeds)),
-                           spectrogram_dataset=args.spectrogram_dataset)
+                           spectrogram_dataset=args.spectrogram_dataset, min_label_score=args.min_label_score)
     print((args.out / 'table.md').read_text())
     return 0
