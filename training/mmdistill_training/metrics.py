@@ -287,12 +287,7 @@ def _ap_block(preds, gts, return_curves: bool) -> Dict[str, Any]:
                 cache[t] = (voc_ap(rec, prec), coco_ap(rec, prec), rec, prec, sc)
         return cache[t]
 
-    out['AP50'] = at(0.5)[0]
-    out['AP75'] = at(0.75)[0]
-    out['mAP_avg'] = float(np.mean([at(t)[0] for t in VOC_AVG_IOUS]))
-    out['coco_AP'] = float(np.mean([at(t)[1] for t in COCO_IOUS]))
-    out['coco_AP50'] = at(COCO_IOUS[0])[1]
-    out['coco_AP75'] = at(COCO_IOUS[5])[1]
+    out.update(_ap_summary(at))
     if return_curves:
         out['curves'] = {
             f'{t:.2f}': {'recall': at(t)[2].tolist(), 'precision': at(t)[3].tolist(),
@@ -351,12 +346,7 @@ class _FrameMatches:
                     cache[t] = (voc_ap(rec, prec), coco_ap(rec, prec))
             return cache[t]
 
-        out['AP50'] = at(0.5)[0]
-        out['AP75'] = at(0.75)[0]
-        out['mAP_avg'] = float(np.mean([at(t)[0] for t in VOC_AVG_IOUS]))
-        out['coco_AP'] = float(np.mean([at(t)[1] for t in COCO_IOUS]))
-        out['coco_AP50'] = at(COCO_IOUS[0])[1]
-        out['coco_AP75'] = at(COCO_IOUS[5])[1]
+        out.update(_ap_summary(at))
         return out
 
     def centre_distance(self, idx: Sequence[int], image_size: Tuple[float, float]) -> Dict[str, float]:
@@ -453,6 +443,14 @@ def centre_distance(predictions: Sequence[Mapping], ground_truths: Sequence[Mapp
     return {'CDx': float(mean[0]), 'CDy': float(mean[1]),
             'cd_paper_x': float(mean[2]), 'cd_paper_y': float(mean[3]),
             'cd_matched': int(len(diff))}
+
+
+def _ap_summary(at) -> Dict[str, float]:
+    """AP50/AP75/mAP@Avg (VOC) and COCO AP figures from ``at(iou) -> (voc_ap, coco_ap, ...)``."""
+    return {'AP50': at(0.5)[0], 'AP75': at(0.75)[0],
+            'mAP_avg': float(np.mean([at(t)[0] for t in VOC_AVG_IOUS])),
+            'coco_AP': float(np.mean([at(t)[1] for t in COCO_IOUS])),
+            'coco_AP50': at(COCO_IOUS[0])[1], 'coco_AP75': at(COCO_IOUS[5])[1]}
 
 
 def evaluate_detections(predictions: Sequence[Mapping], ground_truths: Sequence[Mapping],
