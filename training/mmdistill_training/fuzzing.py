@@ -412,8 +412,24 @@ CLEAN_TAIL = {'student_node': 60, 'tracking_node': 20, 'teacher_node': 10, 'pseu
 
 
 def fuzz_node(node_name: str, n_messages: int, workdir: Path, seed: int = 0, params: Optional[List[str]] = None,
-              batch: int = 16, timeout: float = 120.0, budget_s: Optional[float] = None) -> dict:
-    """Run one node under :func:`host`, send ``n_messages`` cases, and report what happened.
+              batch: int = 16, timeout: float = 120.0, stall_s: float = 10.0, budget_s: Optional[float] = None,
+              cases: Optional[List[Case]] = None) -> dict:
+    """Run one node under :func:`host`, send ``n_messages`` cases (or ``cases``), and report what happened.
+
+    Flow control: after each batch of ``batch`` cases (and around ``sync`` cases) the driver waits
+    until the node's own callback counters (``received`` per topic, on ``/fuzz/stats``) show that
+    every message sent so far was taken. A wait ends early only when those counters made no
+    progress for ``stall_s`` seconds; what had not arrived then is counted as lost in transport
+    (per topic) and the campaign goes on at once. ``timeout`` bounds the node's start-up only.
+
+    Random bytes go out through their own raw writer per topic, never through the writer of the
+    valid messages, and a raw writer that sent an empty (zero-length) payload is replaced: with
+    Fast DDS 3.2 (rmw_fastrtps_cpp) a zero-length serialized sample is never delivered and leaves
+    that reliable writer-reader pair stalled for good (every later sample of that writer is held
+    back, while other writers still reach the reader). Sent through the valid stream's writer it
+    silently cut the node off from its input (the "stall" of ``pseudo_label_node`` after about
+    1 560 messages, seed 0). For nodes with raw subscriptions (the recorder) each random-bytes case
+    is waited for on its own, so its counter is expected only when it was delivered.
 
     With ``budget_s``, cases stop after that many seconds and the generator's clean tail is sent;
     the report counts what was actually sent.
@@ -428,7 +444,7 @@ def fuzz_node(node_name: str, n_messages: int, workdir: Path, seed: int = 0, par
     from mmdistill_common.qos import latched_qos, stream_qos
 
     rng = random.Random(seed)
-    cases = list(CASES[node_name](rng, n_messages))
+    cases = list(CASES[node_name](rng, n_messages)) if cases is None else list(cases)
     cmd = [sys.executable, '-m', 'mmdistill_training.fuzzing', node_name, '--ros-args']
     for p in params or []:
         cmd += ['-p', p]
@@ -443,15 +459,18 @@ def fuzz_node(node_name: str, n_messages: int, workdir: Path, seed: int = 0, par
     outputs: Dict[str, list] = {}
     out_topics = {'student_node': [topics.STUDENT_DETECTIONS], 'tracking_node': [topics.TRACKS],
                   'teacher_node': [topics.teacher_detections_topic('rgb'), topics.teacher_attention_topic('rgb')],
-                  'pseudo_label_node': [topics.PSEUDO_LABELS], 'recorder_node': []}[node_name]
+                  'pseudo_label_node': [topics.PSEUDO_LABELS], 'recorder_node': []}.get(node_name, [])
     for t in out_topics:
         outputs[t] = []
         node.create_subscription(_msg_type(t), t, lambda m, _t=t: outputs[_t].append(m), stream_qos(depth=1000))
-    pubs = {}
+
+    def qos_for(topic: str):
+        return latched_qos() if topic == topics.AUDIO_INFO else stream_qos()
+    pubs, raw_pubs = {}, {}
     for c in cases:
-        if c.topic not in pubs:
-            qos = latched_qos() if c.topic == topics.AUDIO_INFO else stream_qos()
-            pubs[c.topic] = node.create_publisher(_msg_type(c.topic), c.topic, qos)
+        table = raw_pubs if isinstance(c.msg, bytes) else pubs
+        if c.topic not in table:
+            table[c.topic] = node.create_publisher(_msg_type(c.topic), c.topic, qos_for(c.topic))
 
     def spin_until(pred, limit: float) -> bool:
         end = time.monotonic() + limit
@@ -461,33 +480,65 @@ def fuzz_node(node_name: str, n_messages: int, workdir: Path, seed: int = 0, par
                 return True
         return pred()
 
-    def received() -> int:
-        return sum(stats['now'].get('received', {}).values())
+    def node_received() -> Dict[str, int]:
+        return stats['now'].get('received', {})
 
-    report = {'node': node_name, 'seed': seed}
+    report = {'node': node_name, 'seed': seed, 'stall_s': stall_s, 'batch': batch}
+    expected: Counter = Counter()         # per topic: messages the node's callbacks must have taken
+    lost: Counter = Counter()             # per topic: sent, never taken (the wait gave up)
+    unexpected: Counter = Counter()       # per topic: taken beyond what was expected (random bytes that decoded)
+    given_up = [0]
+
+    def short() -> Dict[str, int]:
+        r = node_received()
+        return {t: n - r.get(t, 0) for t, n in expected.items() if n > r.get(t, 0)}
+
+    def drain(stall: float = stall_s) -> Dict[str, int]:
+        """Wait until the node took everything sent so far, or its counters stood still for ``stall`` s;
+        returns what was lost (and books it), so that the next wait starts from what arrived."""
+        last_total, last_change = -1, time.monotonic()
+        while short() and proc.poll() is None:
+            ex.spin_once(timeout_sec=0.01)
+            total, now = sum(node_received().values()), time.monotonic()
+            if total != last_total:
+                last_total, last_change = total, now
+            elif now - last_change > stall:
+                break
+        gone = short()
+        if gone:
+            given_up[0] += 1
+        for t, k in gone.items():
+            lost[t] += k
+            expected[t] -= k
+        for t, n in node_received().items():
+            if n > expected[t]:
+                unexpected[t] += n - expected[t]
+                expected[t] = n
+        return gone
+
+    def replace_raw(topic: str) -> None:
+        node.destroy_publisher(raw_pubs[topic])
+        raw_pubs[topic] = node.create_publisher(_msg_type(topic), topic, qos_for(topic))
+        spin_until(lambda: raw_pubs[topic].get_subscription_count() >= 1, timeout)
+        spin_until(lambda: False, 0.2)    # and the node's reader matches it
+
     try:
         ok = spin_until(lambda: proc.poll() is not None or (
-            stats['now'] and all(p.get_subscription_count() >= 1 for p in pubs.values())), timeout)
+            stats['now'] and all(p.get_subscription_count() >= 1
+                                 for p in list(pubs.values()) + list(raw_pubs.values()))), timeout)
         if proc.poll() is not None or not ok:
             raise RuntimeError(f'{node_name} did not come up:\n{log_path.read_text()[-3000:]}')
         spin_until(lambda: False, 0.5)
         base = dict(stats['now'])
+        expected.update(base.get('received', {}))
         t0 = time.monotonic()
-        expected_received = received()
-        pending = lost = lost_waits = randoms = last_bad_index = 0
+        pending = randoms = raw_delivered = raw_lost = empties = last_bad_index = 0
         kinds: Counter = Counter()
         seconds: Counter = Counter()          # time from a case's publication to the next one's
         expect: Counter = Counter()
-
-        def drain() -> None:
-            nonlocal expected_received, lost, lost_waits
-            if not spin_until(lambda: received() >= expected_received, timeout):
-                lost_waits += 1          # lost on the way: count it and go on from what arrived
-                lost += expected_received - received()
-                expected_received = received()
-
+        raw_node = node_name in RAW_SUBSCRIBERS
         mark, prev = time.monotonic(), None
-        tail_start = len(cases) - CLEAN_TAIL[node_name]
+        tail_start = len(cases) - CLEAN_TAIL.get(node_name, 0)
         skipped = 0
         for i, c in enumerate(cases):
             if budget_s is not None and i < tail_start and time.monotonic() - t0 > budget_s:
@@ -498,25 +549,46 @@ def fuzz_node(node_name: str, n_messages: int, workdir: Path, seed: int = 0, par
                 seconds[prev] += now - mark
             mark, prev = now, c.kind
             kinds[c.kind] += 1
-            expect.update(c.expect)
             if not c.valid:
                 last_bad_index = i
-            if c.sync or pending >= batch:
+            is_raw = isinstance(c.msg, bytes)
+            if c.sync or pending >= batch or (is_raw and raw_node):
                 drain()
                 pending = 0
-            pubs[c.topic].publish(c.msg)
-            pending += 1
-            if isinstance(c.msg, bytes):
+            if is_raw:
                 randoms += 1
-            if not isinstance(c.msg, bytes) or node_name in RAW_SUBSCRIBERS:
-                expected_received += 1
-            if c.sync:
-                drain()
-                pending = 0
+                raw_pubs[c.topic].publish(c.msg)
+                if raw_node:              # delivered or not: wait for this one alone
+                    expected[c.topic] += 1
+                    if drain(min(stall_s, 2.0)):
+                        raw_lost += 1
+                    else:
+                        raw_delivered += 1
+                        expect.update(c.expect)
+                else:                     # a typed subscription never takes undecodable bytes
+                    expect.update(c.expect)
+                if not c.msg:
+                    empties += 1
+                    replace_raw(c.topic)
+            else:
+                pubs[c.topic].publish(c.msg)
+                expected[c.topic] += 1
+                expect.update(c.expect)
+                pending += 1
+                if c.sync:
+                    drain()
+                    pending = 0
             if proc.poll() is not None:
                 break
         drain()
-        spin_until(lambda: False, 1.0)           # outputs and the last stats arrive
+        # the last outputs and counters: until the counters stand still for a second
+        settled = [dict(stats['now']), time.monotonic()]
+
+        def still() -> bool:
+            if stats['now'] != settled[0]:
+                settled[:] = [dict(stats['now']), time.monotonic()]
+            return time.monotonic() - settled[1] > 1.0
+        spin_until(lambda: proc.poll() is not None or still(), max(5.0, 4 * stall_s))
         elapsed = time.monotonic() - t0
         alive = proc.poll() is None
         final = dict(stats['now'])
@@ -537,17 +609,21 @@ def fuzz_node(node_name: str, n_messages: int, workdir: Path, seed: int = 0, par
     mismatches = {k: {'expected': expect.get(k, 0), 'got': delta.get(k, 0)}
                   for k in set(expect) | {k for k in delta if k.startswith('dropped.')}
                   if expect.get(k, 0) != delta.get(k, 0)}
+    sent = len(cases) - skipped
     report.update({
-        'messages': len(cases) - skipped, 'generated': len(cases), 'stopped_by_budget': skipped > 0,
+        'messages': sent, 'generated': len(cases), 'stopped_by_budget': skipped > 0,
         'kinds': dict(kinds), 'seconds_by_kind': {k: round(v, 2) for k, v in seconds.most_common()},
-        'random_bytes_sent': randoms,
-        'random_bytes_delivered': max(0, delivered - (len(cases) - skipped - randoms - lost))
-        if node_name not in RAW_SUBSCRIBERS else randoms - lost,
+        'random_bytes_sent': randoms, 'empty_payloads_sent': empties,
+        'random_bytes_delivered': raw_delivered if raw_node else sum(unexpected.values()),
+        'random_bytes_not_delivered': raw_lost if raw_node else randoms - sum(unexpected.values()),
         'delivered': delivered, 'alive_at_end': alive, 'exit_status': proc.returncode,
         'crashes': 0 if alive and proc.returncode == 0 else 1,
         'counters_delta': dict(sorted(delta.items())), 'counters_expected': dict(sorted(expect.items())),
-        'counter_mismatches': mismatches, 'flow_control_timeouts': lost_waits, 'lost_in_transport': lost,
-        'wall_s': round(elapsed, 1),
+        'counter_mismatches': mismatches,
+        # valid or malformed typed messages that never reached the node's callbacks
+        'lost_in_transport': sum(lost.values()) - raw_lost,
+        'lost_by_topic': dict(lost), 'unexpected_deliveries': dict(unexpected), 'waits_given_up': given_up[0],
+        'wall_s': round(elapsed, 1), 'messages_per_s': round(sent / max(elapsed, 1e-9), 1),
         'log': str(log_path),
     })
     report['outputs'] = check_outputs(node_name, outputs, cases, last_bad_index, final, base, workdir)
