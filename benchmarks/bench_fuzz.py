@@ -4,12 +4,15 @@
   ``--messages`` cases (default 10 000): random bytes, wrong channel counts and sample formats,
   huge and empty chunks, NaN/Inf, stamps far in the past and future, wrong image encodings and
   sizes, mismatched ``AudioInfo``, interleaved with valid messages. Reported per node: messages
-  sent and delivered, crashes, drop counters against what was sent, outputs and whether they
-  continued after the last malformed message. The JSON is rewritten after every node.
+  sent and delivered, crashes, drop counters against what was sent, messages lost in transport
+  (a wait for the node's receive counters gives up after ``--stall`` s without progress), outputs
+  and whether they continued after the last malformed message. The JSON is rewritten after
+  every node.
 * hypothesis: ``tests/test_fuzz_parsers.py`` with ``--examples`` (default 10 000) per property.
 
-    nice -n 15 python benchmarks/bench_fuzz.py --out benchmarks/results/fuzz.json
-    nice -n 15 python benchmarks/bench_fuzz.py --messages 500 --examples 0 --nodes tracking_node
+    nice -n 10 python benchmarks/bench_fuzz.py --examples 0 --out benchmarks/results/fuzz.json
+    nice -n 10 python benchmarks/bench_fuzz.py --nodes --examples 10000 --out benchmarks/results/fuzz_parsers.json
+    nice -n 10 python benchmarks/bench_fuzz.py --messages 500 --examples 0 --nodes tracking_node
 """
 from __future__ import annotations
 
@@ -63,6 +66,9 @@ def main(argv=None) -> int:
     ap.add_argument('--nodes', nargs='*', default=ORDER, choices=ORDER)
     ap.add_argument('--budget', type=float, default=None, metavar='S',
                     help='seconds per node after which the rest is skipped (reported as sent)')
+    ap.add_argument('--stall', type=float, default=10.0, metavar='S',
+                    help='a wait for the node to take what was sent gives up after S s without progress '
+                         '(what did not arrive is counted as lost; default 10)')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--out', type=Path, default=ROOT / 'benchmarks' / 'results' / 'fuzz.json')
     args = ap.parse_args(argv)
@@ -72,7 +78,7 @@ def main(argv=None) -> int:
     from mmdistill_training.fuzzing import check_recorded_bag, fuzz_node, node_params
     work = Path(tempfile.mkdtemp(prefix='bench_fuzz_'))
     result = {'benchmark': 'fuzz', 'config': {'messages_per_node': args.messages, 'examples': args.examples,
-                                              'seed': args.seed, 'budget_s': args.budget},
+                                              'seed': args.seed, 'budget_s': args.budget, 'stall_s': args.stall},
               'nodes': {}, 'machine': machine_info()}
     if args.nodes:
         rclpy.init()
@@ -83,14 +89,15 @@ def main(argv=None) -> int:
             print(f'[{name}] fuzzing with {args.messages} messages ...', flush=True)
             try:
                 r = fuzz_node(name, args.messages, wd, seed=args.seed, params=node_params(name, wd),
-                              budget_s=args.budget)
+                              budget_s=args.budget, stall_s=args.stall)
                 if name == 'recorder_node':
                     r['bag'] = check_recorded_bag(r, wd)
             except Exception as exc:      # noqa: BLE001 - a node that never came up is a result too
                 r = {'node': name, 'error': f'{type(exc).__name__}: {exc}', 'crashes': 1}
             result['nodes'][name] = r
             print(f"[{name}] {r.get('messages')} sent, {r.get('delivered')} delivered, crashes {r['crashes']}, "
-                  f"counter mismatches {r.get('counter_mismatches')}, {r.get('wall_s')} s", flush=True)
+                  f"lost in transport {r.get('lost_in_transport')}, counter mismatches {r.get('counter_mismatches')}, "
+                  f"{r.get('wall_s')} s", flush=True)
             write(args.out, result)
     finally:
         rclpy.try_shutdown()
@@ -99,7 +106,9 @@ def main(argv=None) -> int:
         result['hypothesis'] = run_hypothesis(args.examples, work)
         print(f"hypothesis: passed={result['hypothesis']['passed']} in {result['hypothesis']['wall_s']} s", flush=True)
     result['summary'] = {n: {'messages': r.get('messages'), 'crashes': r['crashes'],
-                             'counter_mismatches': len(r.get('counter_mismatches', {})) if 'error' not in r else None}
+                             'counter_mismatches': len(r.get('counter_mismatches', {})) if 'error' not in r else None,
+                             'counters_checked': len(r.get('counters_expected', {})),
+                             'lost_in_transport': r.get('lost_in_transport'), 'wall_s': r.get('wall_s')}
                          for n, r in result['nodes'].items()}
     result['machine']['loadavg_end'] = os.getloadavg()
     write(args.out, result)

@@ -24,3 +24,4 @@ def test_sim_killed_bag_is_recovered(tmp_path):
     assert r is not None, 'the simulation finished before the kill'
     assert r['prefix_intact'], r
     assert r['independent_reader_count'] == r['recovered'], r
+    assert 0 <= r['lost'] == r['handed_to_writer'] - r['recovered'], r

@@ -10,6 +10,10 @@ Two writers, as the reliability campaign (``benchmarks/bench_reliability.py``) a
   published before the kill − recovered.
 * :func:`sim_trial`: ``mmdistill sim`` is killed; the simulator is deterministic, so the recovered
   messages must equal the first messages of every topic of a clean run (decoded and compared).
+  The command runs through :func:`counted_sim` (``mmdistill``'s own ``main``, with every
+  ``BagWriter.write`` call counted in a shared memory-mapped file, which outlives the SIGKILL),
+  so lost = messages handed to the writer before the kill − recovered (at most one too many: the
+  count is raised before the write).
 
 Both recover with :func:`mmdistill_common.bag_recovery.recover_bag` and read the result twice:
 with :class:`~mmdistill_common.bagio.BagReader` and with the independent ``mcap`` reader
@@ -18,6 +22,7 @@ with :class:`~mmdistill_common.bagio.BagReader` and with the independent ``mcap`
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import os
 import signal
 import sqlite3
@@ -134,6 +139,25 @@ def _flushed(bag: Path) -> bool:
         return False
 
 
+def counted_sim(counter: str, argv) -> int:
+    """``mmdistill ARGV`` (``mmdistill_training.cli.main``) with the number of messages handed to
+    ``BagWriter.write`` kept, before each call, in the 8-byte file ``counter`` (shared mapping:
+    what was written is in the page cache when the process is killed)."""
+    from mmdistill_common import bagio
+    from mmdistill_training.cli import main
+    with open(counter, 'r+b') as f:
+        shared = mmap.mmap(f.fileno(), 8)
+    handed = [0]
+    write = bagio.BagWriter.write
+
+    def counted(self, topic, msg, stamp_ns):
+        handed[0] += 1
+        shared[:8] = handed[0].to_bytes(8, 'little')
+        return write(self, topic, msg, stamp_ns)
+    bagio.BagWriter.write = counted
+    return main(list(argv))
+
+
 def sim_trial(out: Path, kill_after_s: float, scenario: str = 'day-static', duration_s: float = 20.0,
               storage: str = 'mcap', images: bool = True, seed: int = 0, start_timeout: float = 300.0) -> Optional[dict]:
     """SIGKILL ``mmdistill sim`` ``kill_after_s`` s after its first message reached the disk, recover and compare
@@ -141,8 +165,10 @@ def sim_trial(out: Path, kill_after_s: float, scenario: str = 'day-static', dura
     from rclpy.serialization import deserialize_message, serialize_message
 
     from mmdistill_common.testing import assert_msg_equal, wait_for
-    cmd = [sys.executable, '-m', 'mmdistill_training.cli', 'sim', '--scenario', scenario, '--out', str(out),
-           '--duration', str(duration_s), '--seed', str(seed), '--storage', storage]
+    counter = out.with_name(out.name + '.handed')
+    counter.write_bytes(bytes(8))
+    cmd = [sys.executable, '-m', 'mmdistill_training.crash_trials', str(counter), 'sim', '--scenario', scenario,
+           '--out', str(out), '--duration', str(duration_s), '--seed', str(seed), '--storage', storage]
     if not images:
         cmd.append('--no-images')
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -155,17 +181,18 @@ def sim_trial(out: Path, kill_after_s: float, scenario: str = 'day-static', dura
     except subprocess.TimeoutExpired:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+    handed = int.from_bytes(counter.read_bytes()[:8], 'little')
     if not out.exists() or not any(out.iterdir()):
         return {'writer': 'mmdistill sim', 'storage': storage, 'kill_after_s': round(kill_after_s, 3),
-                'recovered': 0, 'note': 'killed before the bag was created', 'prefix_intact': True,
-                'independent_reader_count': 0}
+                'recovered': 0, 'handed_to_writer': handed, 'lost': handed,
+                'note': 'killed before the bag was created', 'prefix_intact': True, 'independent_reader_count': 0}
     size = sum(f.stat().st_size for f in out.iterdir())
     try:
         report = recover_bag(out)
     except Exception as exc:       # noqa: BLE001 - reported: a bag killed before its first chunk has nothing
         return {'writer': 'mmdistill sim', 'storage': storage, 'kill_after_s': round(kill_after_s, 3),
-                'recovered': 0, 'bytes_on_disk': size, 'note': str(exc), 'prefix_intact': True,
-                'independent_reader_count': 0}
+                'recovered': 0, 'handed_to_writer': handed, 'lost': handed, 'bytes_on_disk': size,
+                'note': str(exc), 'prefix_intact': True, 'independent_reader_count': 0}
     with BagReader(out) as reader:
         got: Dict[str, list] = {}
         for m in reader.messages():
@@ -190,6 +217,12 @@ def sim_trial(out: Path, kill_after_s: float, scenario: str = 'day-static', dura
             seen[topic] = k + 1
         if all(seen.get(t, 0) >= n for t, n in want.items()):
             break
+    # lost: handed to the writer before the kill, not in the recovered bag
     return {'writer': 'mmdistill sim', 'storage': storage, 'kill_after_s': round(kill_after_s, 3),
-            'recovered': report.total, 'bytes_on_disk': size, 'discarded_bytes': report.discarded_bytes,
+            'recovered': report.total, 'handed_to_writer': handed, 'lost': handed - report.total,
+            'bytes_on_disk': size, 'discarded_bytes': report.discarded_bytes,
             'prefix_intact': prefix and seen == want, 'independent_reader_count': independent_count(out)}
+
+
+if __name__ == '__main__':       # python -m mmdistill_training.crash_trials COUNTER_FILE <mmdistill args>
+    sys.exit(counted_sim(sys.argv[1], sys.argv[2:]))
