@@ -40,6 +40,20 @@ def iou_matrix(a, b) -> np.ndarray:
     return out
 
 
+def ioa_matrix(a, b) -> np.ndarray:
+    """Pairwise intersection over the area of ``a``'s box, shape (len(a), len(b)); 0 where that
+    area is 0. How much of a detection lies on a region: the overlap KITTI's DontCare and COCO's
+    crowd regions are matched by (a small detection inside a large region has IoA 1, IoU small)."""
+    a, b = as_boxes(a), as_boxes(b)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    aa = area(a)[:, None]
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return np.where(aa > 0, inter / np.where(aa > 0, aa, 1), 0.0) * np.ones((1, len(b)))
+
+
 #: boxes up to which :func:`nms` computes the full IoU matrix (cheaper than a loop of slices)
 _NMS_FULL_MATRIX_UP_TO = 128
 

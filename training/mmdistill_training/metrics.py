@@ -35,9 +35,11 @@ Conventions
   comparison with published numbers. NaN when nothing is matched.
 * Ignore regions: a ground-truth frame may carry ``'ignore': (K, 4)`` boxes (vehicles that are
   neither to be found nor false: see *the evaluation rule* below). They are not counted as
-  ground truth; a detection that matches no counted box at the AP threshold but overlaps an
-  ignore box at IoU >= :data:`IGNORE_IOU` is dropped from the ranking (neither TP nor FP), the
-  standard treatment of KITTI's DontCare and COCO's crowd regions.
+  ground truth; a detection that matches no counted box at the AP threshold but lies on an
+  ignore box, with at least :data:`IGNORE_IOA` of its own area inside it (intersection over the
+  detection's area, not IoU), is dropped from the ranking (neither TP nor FP). That is how
+  KITTI's DontCare regions (``boxoverlap`` criterion 0) and COCO's crowd regions are matched;
+  with IoU, a detection of a 6-px vehicle a few pixels off counted as a false positive.
 
 The evaluation rule (DESIGN §8; one rule for ``evaluate``, ``replay-eval``, ``teachers
 evaluate`` and the demo: :func:`evaluate_truth`)
@@ -73,13 +75,13 @@ from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mmdistill_common.boxes import as_boxes, iou_matrix, xyxy_to_cxcywh
+from mmdistill_common.boxes import as_boxes, ioa_matrix, iou_matrix, xyxy_to_cxcywh
 
 __all__ = [
     'VOC_AVG_IOUS', 'COCO_IOUS', 'COCO_RECALL_THRESHOLDS',
     'match_frame', 'voc_ap', 'coco_ap', 'detection_ap', 'centre_distance',
     'evaluate_detections', 'mot_metrics', 'evaluate_by_condition', 'MIN_GT_HEIGHT_PX', 'truth_mask',
-    'MIN_VISIBLE_FRACTION', 'IGNORE_IOU', 'DISTANCE_BUCKETS', 'TRUTH_REFERENCES', 'truth_sets', 'reference_frame',
+    'MIN_VISIBLE_FRACTION', 'IGNORE_IOA', 'DISTANCE_BUCKETS', 'TRUTH_REFERENCES', 'truth_sets', 'reference_frame',
     'shuffle_permutation', 'drop_ignored', 'evaluate_truth', 'truth_fields',
 ]
 
@@ -98,8 +100,9 @@ def truth_mask(boxes, min_height: float = MIN_GT_HEIGHT_PX) -> np.ndarray:
 #: A vehicle counts as seen by a camera when at least this fraction of its box is visible to it
 #: (the teachers' reports used the same value: below it a vehicle is fully behind an occluder).
 MIN_VISIBLE_FRACTION = 0.1
-#: An unmatched detection overlapping an ignore region at least this much is not a false positive.
-IGNORE_IOU = 0.5
+#: An unmatched detection with at least this fraction of its area on an ignore region is not a
+#: false positive (intersection over the detection's area, as KITTI and COCO match such regions).
+IGNORE_IOA = 0.5
 #: Distance buckets of the ground truth: (name, lower bound inclusive, upper bound exclusive), metres.
 DISTANCE_BUCKETS: Tuple[Tuple[str, float, float], ...] = (
     ('0-15m', 0.0, 15.0), ('15-30m', 15.0, 30.0), ('30-50m', 30.0, 50.0), ('>50m', 50.0, math.inf))
@@ -210,11 +213,11 @@ def _greedy_match(ious: np.ndarray, order: np.ndarray, iou_threshold: float) -> 
 
 def _frame_pairs(preds, gts) -> List[tuple]:
     """Per frame what matching needs at any IoU threshold: the predictions' score order, their
-    IoU with the ground truth and their highest IoU with an ignore region (None: no ignore
+    IoU with the ground truth and their highest IoA (:func:`ioa_matrix`) on an ignore region (None: no ignore
     region or no prediction). Computed once when several thresholds are scored."""
     out = []
     for (pb, ps, _), (gb, _, ig) in zip(preds, gts):
-        igmax = iou_matrix(pb, ig).max(axis=1) if len(ig) and len(pb) else None
+        igmax = ioa_matrix(pb, ig).max(axis=1) if len(ig) and len(pb) else None
         out.append((np.argsort(-ps, kind='mergesort'), iou_matrix(pb, gb), igmax))
     return out
 
@@ -229,7 +232,7 @@ def _ranked_tp(preds, gts, iou_threshold: float, pairs: Optional[List[tuple]] = 
     for (pb, ps, _), (order, ious, igmax) in zip(preds, pairs):
         m = _greedy_match(ious, order, iou_threshold)
         if igmax is not None:
-            keep = (m >= 0) | (igmax < IGNORE_IOU)
+            keep = (m >= 0) | (igmax < IGNORE_IOA)
             order = order[keep[order]]
         tps.append(m[order] >= 0)
         scores.append(ps[order])
@@ -322,7 +325,7 @@ class _FrameMatches:
             for (pb, ps, _), (order, ious, igmax) in zip(self.preds, self.pairs):
                 m = _greedy_match(ious, order, t)
                 if igmax is not None:
-                    order = order[((m >= 0) | (igmax < IGNORE_IOU))[order]]
+                    order = order[((m >= 0) | (igmax < IGNORE_IOA))[order]]
                 out.append((m[order] >= 0, ps[order]))
             self.ranked[t] = out
         return self.ranked[t]
@@ -672,7 +675,7 @@ def drop_ignored(frame: Mapping, reference: Mapping, iou_threshold: float = 0.5)
         return dict(frame)
     s = np.asarray(frame.get('scores', np.ones(len(b))), np.float64).reshape(-1)
     matched = match_frame(b, s, reference['boxes'], iou_threshold) >= 0
-    keep = matched | (iou_matrix(b, ig).max(axis=1) < IGNORE_IOU)
+    keep = matched | (ioa_matrix(b, ig).max(axis=1) < IGNORE_IOA)
     out = dict(frame)
     for k, v in frame.items():
         if k in ('boxes', 'scores', 'ids', 'labels') and v is not None and len(v) == len(b):

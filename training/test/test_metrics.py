@@ -375,18 +375,20 @@ def test_evaluate_by_condition_splits_frames():
 
 def test_ignore_regions_match_pycocotools_crowd_regions():
     """Unmatched detections on an ignore region are neither TP nor FP, as detections on a COCO crowd
-    region. Detections on the regions are exact or shifted copies chosen so that IoU and COCO's
-    crowd IoA (intersection / detection area) fall on the same side of 0.5."""
+    region: matched by intersection over the detection's area (IoA), so detections much smaller
+    than the region, shifted ones and ones that stick out are all scored as pycocotools does."""
     rng = np.random.default_rng(7)
     checked = 0
     for _ in range(20):
         preds, gts = random_case(rng)
         for p, g in zip(preds, gts):
-            k = int(rng.integers(0, 3))
+            k = int(rng.integers(0, 4))
             xy = rng.uniform(1000, 1400, (k, 2))
             ig = np.concatenate([xy, xy + rng.uniform(20, 60, (k, 2))], 1)
-            shift = rng.choice([0.0, 0.1, 0.8], k)[:, None] * (ig[:, 2:3] - ig[:, 0:1])
-            on = ig + np.concatenate([shift, np.zeros_like(shift), shift, np.zeros_like(shift)], 1)
+            # detections of 0.2-1.5x the region's size, shifted by up to 0.8 of its width
+            size = rng.uniform(0.2, 1.5, (k, 1)) * (ig[:, 2:] - ig[:, :2])
+            x0 = ig[:, :2] + rng.uniform(-0.3, 0.8, (k, 1)) * (ig[:, 2:] - ig[:, :2])
+            on = np.concatenate([x0, x0 + size], 1)
             g['ignore'] = ig
             p['boxes'] = np.concatenate([p['boxes'], on])
             p['scores'] = np.concatenate([p['scores'], rng.uniform(0, 1, k)])
