@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mmdistill_common.boxes import cxcywh_to_xyxy, iou_matrix, nms, xyxy_to_cxcywh
+from mmdistill_common.boxes import cxcywh_to_xyxy, ioa_matrix, iou_matrix, nms, xyxy_to_cxcywh
 
 
 def box_strategy():
@@ -15,6 +15,23 @@ def test_iou_known_values():
     b = [[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30], [0, 0, 5, 10]]
     np.testing.assert_allclose(iou_matrix(a, b), [[1.0, 50 / 150, 0.0, 0.5]])
     assert iou_matrix(np.zeros((0, 4)), b).shape == (0, 4)
+
+
+def test_ioa_known_values():
+    """Intersection over the first box's area: a small box inside a large one has IoA 1 (IoU small)."""
+    a = [[2, 2, 4, 4], [0, 0, 10, 10], [5, 5, 5, 9]]
+    b = [[0, 0, 10, 10], [3, 0, 13, 10]]
+    np.testing.assert_allclose(ioa_matrix(a, b), [[1.0, 0.5], [1.0, 0.7], [0.0, 0.0]])
+    assert iou_matrix(a[:1], b[:1])[0, 0] == pytest.approx(0.04)
+    assert ioa_matrix(np.zeros((0, 4)), b).shape == (0, 2) and ioa_matrix(a, np.zeros((0, 4))).shape == (3, 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(box_strategy(), min_size=1, max_size=8), st.lists(box_strategy(), min_size=1, max_size=8))
+def test_ioa_bounds_iou(a, b):
+    """IoU <= IoA <= 1: the detection's area is part of the union."""
+    m = ioa_matrix(a, b)
+    assert np.all(m <= 1 + 1e-12) and np.all(m >= iou_matrix(a, b) - 1e-12)
 
 
 @settings(max_examples=60, deadline=None)
