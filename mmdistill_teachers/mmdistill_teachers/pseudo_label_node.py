@@ -9,6 +9,15 @@ thermal, matches them with the approximate-time synchronizer (``mmdistill_common
 delivered; ``partial`` also labels, ``max_wait`` seconds after its first message arrived, a
 frame with what arrived within the slop (``PseudoLabel.modalities`` says which teachers it
 holds). Counters (``stats``) are logged every ``summary_period`` seconds.
+
+A teacher message stamped more than ``max_stamp_lead`` seconds after the latest message of
+every other teacher input is dropped (``stats['stamp_ahead']``) before it reaches the
+synchronizer: nothing could ever match it, and the synchronizer's queues (message_filters'
+rule) evict the *oldest* stamps first, so ``queue_size`` such messages on one input used to
+evict every valid message of that input on arrival, and the node stopped labelling for good
+(found by the fuzz campaign: 10 000 messages with stamps 10^6 s ahead now and then). A clock
+jump of all teachers costs the frame in flight (its messages are ahead until the last input
+has jumped too).
 """
 from __future__ import annotations
 
@@ -44,6 +53,9 @@ PARAMS = [
     Param('slop', 0.05, 'Seconds by which the stamps of one frame\'s teacher messages may differ.',
           min=0.0, max=10.0),
     Param('queue_size', 30, 'Messages kept per input while waiting for a match.', min=1, max=10000),
+    Param('max_stamp_lead', 10.0, 'Seconds a teacher message may be stamped after the latest message of every '
+          'other teacher input; later ones are dropped (they could never be matched and would fill the '
+          'synchronizer queue). 0 = no check.', min=0.0, max=1e9),
     Param('missing_teacher_policy', 'wait', 'wait: label only frames all three teachers delivered; partial: '
           'after max_wait seconds label a frame with the teachers that delivered.', choices=('wait', 'partial')),
     Param('max_wait', 0.5, 'partial policy: seconds to wait for a frame\'s missing teachers.', min=0.0, max=60.0),
@@ -69,13 +81,16 @@ class PseudoLabelNode(Node):
         pub_events, _ = incompatible_qos_warner(self, topics.PSEUDO_LABELS)
         self._pub = self.create_publisher(PseudoLabel, topics.PSEUDO_LABELS, qos, event_callbacks=pub_events)
         inputs = []
+        self._lead_ns = int(round(p['max_stamp_lead'] * 1e9))
+        self._latest: Dict[tuple, int] = {}     # (modality, kind) -> latest (largest) stamp it delivered
         for m in self.modalities:
             for kind, msg_type, topic in (('det', Detection2DArray, topics.teacher_detections_topic(m)),
                                           ('att', AttentionPyramid, topics.teacher_attention_topic(m))):
                 _, sub_events = incompatible_qos_warner(self, topic)
-                s = sync.Subscriber(self, msg_type, topic, qos_profile=qos, event_callbacks=sub_events)
-                s.registerCallback(self._on_message, m, kind)
-                inputs.append(s)
+                gate = sync.SimpleFilter()       # what passes _on_message feeds the synchronizer
+                self.create_subscription(msg_type, topic, lambda msg, _m=m, _k=kind, _g=gate:
+                                         self._on_message(msg, _m, _k, _g), qos, event_callbacks=sub_events)
+                inputs.append(gate)
         self._sync = sync.ApproximateTimeSynchronizer(inputs, queue_size=p['queue_size'], slop=p['slop'])
         self._sync.registerCallback(self._on_set)
         self._partial = None
@@ -90,11 +105,29 @@ class PseudoLabelNode(Node):
                                f'(policy {p["missing_teacher_policy"]}, slop {p["slop"]} s)')
 
     # ------------------------------------------------------------------ inputs
-    def _on_message(self, msg, modality: str, kind: str) -> None:
+    def _on_message(self, msg, modality: str, kind: str, gate=None) -> None:
         self.stats[f'received_{modality}_{kind}'] += 1
+        stamp = stamp_to_ns(msg.header.stamp)
+        if self._ahead(modality, kind, stamp):
+            self.stats['stamp_ahead'] += 1
+            self.get_logger().warning(f'{modality} {kind} stamped {stamp} ns, more than max_stamp_lead after every '
+                                      'other teacher input: dropped', throttle_duration_sec=5.0)
+            return
         if self._partial is not None:
-            if not self._partial.add(modality, kind, stamp_to_ns(msg.header.stamp), msg, time.monotonic()):
+            if not self._partial.add(modality, kind, stamp, msg, time.monotonic()):
                 self.stats['late'] += 1
+        if gate is not None:             # then the synchronizer (the order sync.Subscriber had)
+            gate.signalMessage(msg)
+
+    def _ahead(self, modality: str, kind: str, stamp: int) -> bool:
+        """Whether ``stamp`` is more than ``max_stamp_lead`` after the latest stamp of every other input
+        (all of them must have delivered); the input's latest stamp is updated either way (a message
+        stamped in the past lowers nothing)."""
+        key = (modality, kind)
+        others = [t for k, t in self._latest.items() if k != key]
+        self._latest[key] = max(stamp, self._latest.get(key, stamp))
+        return bool(self._lead_ns) and len(others) == 2 * len(self.modalities) - 1 and \
+            stamp > min(others) + self._lead_ns
 
     def _on_set(self, *msgs) -> None:
         """A complete set from the synchronizer, in input order (det, att per modality)."""

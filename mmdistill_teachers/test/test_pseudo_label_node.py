@@ -117,3 +117,35 @@ def test_partial_policy_labels_missing_teacher_once(executor):
     wait_for(lambda: False, timeout=0.8)
     assert len(out.messages) == 2
     assert node.stats['fused'] == 1 and node.stats['fused_partial'] == 1 and node.stats['missing_thermal'] == 1
+
+
+def test_messages_stamped_far_ahead_do_not_starve_the_synchronizer(executor):
+    """Regression (fuzz campaign): the synchronizer evicts the oldest stamps first, so ``queue_size``
+    messages that nothing can match, stamped far in the future, used to evict every later message of
+    their input on arrival and labelling stopped for good. They are dropped and counted now; a clock
+    jump of all teachers costs only the frame in flight."""
+    node = executor.add(make_node(slop=0.05, queue_size=30, summary_period=0.0))
+    out = executor.add(make_collector(topics.PSEUDO_LABELS, PseudoLabel, stream_qos()))
+    teachers = Teachers(executor)
+    teachers.wait_matched()
+
+    def frames(stamps_ms, n_before):
+        for k, t in enumerate(stamps_ms):
+            for m in MODS:
+                teachers.send(m, *teacher_output(m, t * MS))
+            assert wait_for(lambda: node.stats['received_thermal_att'] == n_before + k + 1, timeout=10), node.stats
+    frames([1000, 1100, 1200], 0)
+    assert wait_for(lambda: len(out.messages) == 3, timeout=10), node.stats
+    lone = teachers.pubs[('depth', 'det')]
+    for k in range(40):           # more than queue_size, in steps the subscription's queue holds
+        lone.publish(teacher_output('depth', (10**9 + k) * MS)[0])
+        if k % 10 == 9:
+            assert wait_for(lambda: node.stats['received_depth_det'] == 3 + k + 1, timeout=10), node.stats
+    frames([1300, 1400, 1500], 3)
+    assert wait_for(lambda: len(out.messages) == 6, timeout=10), node.stats
+    assert node.stats['stamp_ahead'] == 40 and node.stats['fused'] == 6, node.stats
+    # every teacher's clock jumps by an hour: the first frame after the jump is lost, the rest fused
+    frames([3_601_000, 3_601_100, 3_601_200], 6)
+    assert wait_for(lambda: len(out.messages) == 8, timeout=10), node.stats
+    assert [stamp_to_ns(m.header.stamp) // MS for m in out.messages[6:]] == [3_601_100, 3_601_200]
+    assert node.stats['stamp_ahead'] == 40 + 5, node.stats
