@@ -144,8 +144,10 @@ def student_cases(rng: random.Random, n: int) -> Iterator[Case]:
         elif kind == 'odd_bytes':
             yield Case(kind, topics.AUDIO, chunk(0, t[0], nbytes=16 * rng.randrange(1, 500) + rng.randrange(1, 16)),
                        {'dropped.malformed': 1})
-        elif kind == 'empty':               # no samples at the expected stamp: accepted, changes nothing
+        elif kind == 'empty':               # no samples at the expected stamp: accepted, no counter changes
             yield Case(kind, topics.AUDIO, chunk(0, t[0]))
+            last[0] = None                  # but it is the previous chunk now: a repeat of the one before is
+            #                                 out of order (and one of 1.5 s would resynchronise the stream)
         elif kind == 'huge_malformed':      # 2 MB that is not whole frames
             yield Case(kind, topics.AUDIO, chunk(0, t[0], nbytes=2_000_001), {'dropped.malformed': 1})
         elif kind == 'huge_valid':          # 1.5 s in one chunk (40 times the usual)
@@ -344,7 +346,9 @@ def pseudo_label_cases(rng: random.Random, n: int) -> Iterator[Case]:
         out[-1].sync = True            # a frame is matched by the synchronizer before the next is sent
         return out
 
-    sent = 0
+    for _ in range(3):                 # every input has delivered: the node can tell a stamp far ahead
+        yield from frame('valid')
+    sent = 18
     while sent < n - 60:
         kind = rng.choice(['valid'] * 3 + ['random_bytes', 'nan', 'negative', 'att_nan', 'att_size', 'lone_past',
                                            'lone_future'])
@@ -356,7 +360,8 @@ def pseudo_label_cases(rng: random.Random, n: int) -> Iterator[Case]:
                           _rand_bytes(rng))]
         elif kind in ('lone_past', 'lone_future'):   # one teacher message nothing can match: no output
             stamp = rng.choice([0, 1]) if kind == 'lone_past' else t[0] + 10**15
-            cases = [Case(kind, topics.teacher_detections_topic(rng.choice(mods)), _dets(rng, 1, stamp))]
+            cases = [Case(kind, topics.teacher_detections_topic(rng.choice(mods)), _dets(rng, 1, stamp),
+                          {'stats.stamp_ahead': 1} if kind == 'lone_future' else {})]
         else:
             cases = frame(kind, bad=kind)
         yield from cases
@@ -374,8 +379,12 @@ def recorder_cases(rng: random.Random, n: int) -> Iterator[Case]:
     audio = list(student_cases(rng, n // 3))
     dets = [Case(c.kind, topics.teacher_detections_topic('depth'), c.msg, valid=c.valid)
             for c in tracking_cases(rng, n // 3)]
-    labels = [c for c in pseudo_label_cases(rng, n // 3) if c.topic.endswith('detections')]
+    labels = [c for c in pseudo_label_cases(rng, 2 * (n // 3)) if c.topic.endswith('detections')]
     pool = [c for c in audio + dets + labels if c.topic != topics.AUDIO_INFO]
+    while len(pool) < n - 1 - n // 500:      # audio_info cases left out above: top up to n in all
+        pool += [Case(c.kind, topics.teacher_detections_topic('thermal'), c.msg, valid=c.valid)
+                 for c in tracking_cases(rng, max(40, n - 1 - n // 500 - len(pool)))]
+    pool = pool[:max(0, n - 1 - n // 500)]
     rng.shuffle(pool)
     yield Case('audio_info', topics.AUDIO_INFO, audio_info(8, 44100), {f'counts.{topics.AUDIO_INFO}': 1}, sync=True)
     for i, c in enumerate(pool):
