@@ -8,6 +8,8 @@ setup(
     name=package_name,
     version='0.1.0',
     packages=find_packages(exclude=['test']),
+    # the pretrained teachers (tools/pretrain_teachers.py): weights, their metadata, the manifest
+    package_data={package_name: ['pretrained/*.safetensors', 'pretrained/*.json']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
@@ -15,7 +17,7 @@ setup(
         ('share/' + package_name + '/config', glob('config/*')),
     ],
     install_requires=['setuptools'],
-    zip_safe=True,
+    zip_safe=False,
     maintainer='mmdistill maintainers',
     maintainer_email='maintainers@mmdistill.dev',
     description='RGB, depth and thermal teacher detectors, pseudo-label fusion and synchronization, bag recorder.',

@@ -16,7 +16,16 @@ from tqdm.auto import tqdm
 from .head import assign_targets, detection_loss
 from .detector import TeacherDetector
 
-__all__ = ['train_teacher', 'hflip_boxes', 'crop_boxes', 'seed_everything']
+__all__ = ['train_teacher', 'hflip_boxes', 'crop_boxes', 'seed_everything', 'bf16_is_fast']
+
+
+def bf16_is_fast() -> bool:
+    """Whether this CPU runs bfloat16 convolutions natively (oneDNN with AVX512-BF16 or AMX);
+    elsewhere bfloat16 autocast is emulated and slower than float32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def seed_everything(seed: int) -> None:
@@ -62,12 +71,13 @@ def train_teacher(model: TeacherDetector, images: Union[Sequence[np.ndarray], to
                   max_steps: Optional[int] = None, progress: bool = True,
                   val_fn: Optional[Callable[[TeacherDetector, int], Dict[str, float]]] = None,
                   init_seed: Optional[int] = None, device: Union[str, torch.device] = 'cpu',
-                  crop_width: Optional[int] = None) -> Dict[str, list]:
+                  crop_width: Optional[int] = None, bf16: bool = False) -> Dict[str, list]:
     """Train ``model`` in place with AdamW, linear warm-up and cosine decay (to 5 % of ``lr``).
 
     Args:
         images: sensor images (numpy, passed through ``model.preprocess`` on the fly)
-            or an already preprocessed (N, C, H, W) float tensor.
+            or an already preprocessed (N, C, H, W) float tensor (float16 storage is fine: batches are
+            computed in float32).
         boxes_list: per image the (N_i, 4) xyxy GT boxes in pixels.
         labels_list: per image (N_i,) class indices (default: all class 0).
         hflip: flip each sample horizontally with probability 0.5 (boxes mirrored).
@@ -78,6 +88,9 @@ def train_teacher(model: TeacherDetector, images: Union[Sequence[np.ndarray], to
         val_fn: called as ``val_fn(model, epoch)`` after every epoch (model in eval
             mode); its returned dict is appended to ``history['val']``.
         init_seed: if given, re-initialise the model's parameters from this seed first.
+        bf16: run the backbone, FPN and head towers under bfloat16 autocast (weights, optimizer
+            and loss stay float32); on a CPU with AMX or AVX512-BF16 a step costs about 0.7 of
+            a float32 step (see :func:`bf16_is_fast`).
 
     Returns ``history``: ``step_loss`` (total per step), ``lr`` per step, per epoch
     means ``loss``, ``focal``, ``box``, ``centerness``, ``num_pos``, and ``val``.
@@ -146,12 +159,13 @@ def train_teacher(model: TeacherDetector, images: Union[Sequence[np.ndarray], to
                     xs.append(x)
                     bs.append(b)
                     ls.append(None if labels_list is None else np.asarray(labels_list[i]))
-                x = torch.stack(xs).to(device)
+                x = torch.stack(xs).to(device=device, dtype=torch.float32)
                 targets = assign_targets(bs, (cw, height), cfg.strides,
                                          None if labels_list is None else ls, num_classes=k)
                 for g in opt.param_groups:
                     g['lr'] = _lr_at(step, total, lr, warmup)
-                outputs, _ = model(x)
+                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                    outputs, _ = model(x)
                 losses = detection_loss(outputs, targets, box_loss=box_loss)
                 opt.zero_grad(set_to_none=True)
                 losses['total'].backward()

@@ -40,7 +40,7 @@ from .detector import SENSOR_CHANNELS, TeacherConfig, TeacherDetector
 
 __all__ = ['FORMAT', 'FORMAT_VERSION', 'METADATA_KEY', 'save_teacher', 'load_teacher', 'read_metadata',
            'fusion_path', 'save_fusion_config', 'load_fusion_config',
-           'teacher_path', 'load_teachers']
+           'teacher_path', 'load_teachers', 'pretrained_directory']
 
 FORMAT = 'mmdistill-teacher'
 FORMAT_VERSION = 1
@@ -187,6 +187,16 @@ def load_teachers(directory: PathLike, modalities=('rgb', 'depth', 'thermal'),
     if not directory.is_dir():
         raise ConfigError(f'teachers directory not found: {directory}')
     return {m: load_teacher(teacher_path(directory, m), modality=m, device=device) for m in modalities}
+
+
+def pretrained_directory() -> Path:
+    """The teachers shipped with the package (``pretrained/``: RGB, depth and thermal weights and
+    ``manifest.json``, made by ``tools/pretrain_teachers.py`` on simulated drives disjoint from
+    the demo's). Raises :class:`ConfigError` when the installation lacks them."""
+    d = Path(__file__).resolve().parent / 'pretrained'
+    if not all(teacher_path(d, m).exists() for m in ('rgb', 'depth', 'thermal')):
+        raise ConfigError(f'no pretrained teachers in {d} (make them with tools/pretrain_teachers.py)')
+    return d
 
 
 FUSION_FORMAT = 'mmdistill-fusion'

@@ -215,3 +215,28 @@ def test_teachers_side_by_side_equal_one_after_another():
         s1, s2 = one[m]['model'].state_dict(), two[m]['model'].state_dict()
         assert all(torch.equal(s1[k], s2[k]) for k in s1) and one[m]['steps'] == two[m]['steps'] == 2
         assert all(np.array_equal(a['boxes'], b['boxes']) for a, b in zip(p1[m], p2[m]))
+
+
+def test_init_fine_tunes_the_given_teachers(trained, bags, tmp_path):
+    """--init DIR starts from DIR's weights (with their architecture, whatever --width says): at a
+    vanishing learning rate the fine-tuned teachers are DIR's."""
+    out = tmp_path / 'tuned'
+    rc = main(['teachers', 'train', '--bags', *map(str, bags), '--out', str(out), '--init', str(trained),
+               '--epochs', '1', '--max-steps', '1', '--lr', '1e-12', '--width', '4', '--threads', '1',
+               '--no-progress', '--examples', '0', '--precision', 'fp32'])
+    assert rc == 0
+    before, after = load_teachers(trained), load_teachers(out)
+    for m in ('rgb', 'depth', 'thermal'):
+        assert after[m].config.width == before[m].config.width != 4
+        for (k, a), b in zip(before[m].state_dict().items(), after[m].state_dict().values()):
+            assert torch.allclose(a, b, atol=1e-6), k
+        info = read_metadata(out / f'{m}.safetensors')['training']
+        assert info['config']['init'] == str(trained) and info['steps'] == 1
+
+
+def test_bad_init_exits_2_before_reading_bags(bags, tmp_path, capsys):
+    rc = main(['teachers', 'train', '--bags', *map(str, bags), '--out', str(tmp_path / 'out'),
+               '--init', str(tmp_path / 'nope'), '--no-progress'])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and '--init' in err
+    assert not (tmp_path / 'out').exists()
