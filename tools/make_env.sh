@@ -35,8 +35,10 @@ if ! fresh requirements "$key"; then
   say "installing pinned dependencies (first run: a few minutes, ~2 GB)"
   "${PIP[@]}" install -q --upgrade 'pip>=24'
   # torch first and alone: with it present, nothing later can pull a CUDA build
-  "${PIP[@]}" install -q "$(grep -E "^torch==" requirements-runtime.txt)"
-  "${PIP[@]}" install -q -r requirements.txt
+  # --no-compile: byte-compiling every installed module (torch alone has thousands) costs a
+  # minute or more of the set-up; Python compiles the few modules it imports on first use
+  "${PIP[@]}" install -q --no-compile "$(grep -E "^torch==" requirements-runtime.txt)"
+  "${PIP[@]}" install -q --no-compile -r requirements.txt
   mark requirements "$key"
 fi
 

@@ -61,7 +61,9 @@ class DemoPlan:
     teacher_jobs: int = 1                  # teachers trained side by side (one thread each)
     teacher_val_stride: Optional[int] = None   # frame stride on the val drives (None = teacher_frame_stride)
     teacher_eval_stride: int = 1           # frame stride of `teachers evaluate` on the test drives
-    min_label_score: Optional[float] = None    # fused labels the student learns (None = train config's)
+    min_label_score: Optional[float] = None    # fused labels the student learns (None = calibrated in fusion.json)
+    teacher_init: Optional[str] = None     # `teachers train --init` ('pretrained': the shipped weights)
+    teacher_lr: Optional[float] = None     # `teachers train --lr` (None = its default)
 
 
 PLANS: Dict[str, DemoPlan] = {
@@ -83,6 +85,20 @@ PLANS: Dict[str, DemoPlan] = {
 }
 
 SEED_BASE = 1000
+
+
+def label_threshold(plan: DemoPlan, teachers: Path) -> Optional[float]:
+    """The fused score a pseudo-label needs to be a student target: the plan's, else the one
+    ``teachers train`` calibrated on the val drives (``fusion.json``), else None (the train
+    config's default)."""
+    if plan.min_label_score is not None:
+        return plan.min_label_score
+    from mmdistill_teachers.weights import fusion_path
+    path = fusion_path(teachers)
+    if not path.is_file():
+        return None
+    value = json.loads(path.read_text()).get('calibration', {}).get('min_label_score')
+    return None if value is None else float(value)
 
 
 def _mmdistill(args: Sequence[str], log: Path, threads: int = 1, tee: bool = False) -> None:
@@ -193,7 +209,9 @@ def run_demo(out: Path, plan: DemoPlan, quick: bool) -> Path:
              '--val-bags', *[bags[d] for d in split['val']], '--out', teachers,
              '--epochs', plan.teacher_epochs, '--frame-stride', plan.teacher_frame_stride,
              '--max-steps', plan.teacher_max_steps, '--jobs', plan.teacher_jobs, '--force',
-             *(['--val-stride', plan.teacher_val_stride] if plan.teacher_val_stride else [])]
+             *(['--val-stride', plan.teacher_val_stride] if plan.teacher_val_stride else []),
+             *(['--init', plan.teacher_init] if plan.teacher_init else []),
+             *(['--lr', plan.teacher_lr] if plan.teacher_lr else [])]
     eargs = ['teachers', 'evaluate', '--teachers', teachers, '--bags', *[bags[d] for d in split['test']],
              '--out', teachers / 'evaluation.json', '--report', teachers / 'evaluation',
              '--frame-stride', plan.teacher_eval_stride, '--no-progress']
@@ -236,9 +254,10 @@ def run_demo(out: Path, plan: DemoPlan, quick: bool) -> Path:
     ablation = out / 'ablation'
     student = row_dir(ablation, 'ours')
     rows = ['classical-srp', 'scene-prior', 'ours', 'upper-bound']
+    label_score = label_threshold(plan, teachers)
     base = ['ablate', '--dataset', dataset, '--out', ablation,
             '--epochs', plan.student_epochs, '--pretext-epochs', plan.pretext_epochs,
-            *(['--min-label-score', plan.min_label_score] if plan.min_label_score is not None else [])]
+            *(['--min-label-score', label_score] if label_score is not None else [])]
     aargs = [*base, '--only', *rows]
     st.commands[name] = ['mmdistill ' + ' '.join(str(a).replace(str(out) + '/', '') for a in aargs),
                          f'mmdistill evaluate --checkpoint {student.relative_to(out)} --dataset dataset '
@@ -246,11 +265,14 @@ def run_demo(out: Path, plan: DemoPlan, quick: bool) -> Path:
     if st.start(name):
         if ablation.exists():
             shutil.rmtree(ablation)
-        # ours (with its pretext) and the upper bound train side by side, one core each; the last
-        # call reuses both finished rows and writes the one table
+        # ours (with its pretext) and the upper bound train side by side, one core each, and the
+        # baselines take the core the upper bound (no pretext: it ends first) frees; the last call
+        # reuses the finished rows and writes the one table
         _parallel([('ours', [*base, '--only', 'ours', '--quiet'], logs / 'student-ours.log'),
-                   ('upper-bound', [*base, '--only', 'upper-bound', '--quiet'], logs / 'student-upper-bound.log')],
-                  plan.workers, 'train the student and its upper bound')
+                   ('upper-bound', [*base, '--only', 'upper-bound', '--quiet'], logs / 'student-upper-bound.log'),
+                   ('baselines', [*base, '--only', 'classical-srp', 'scene-prior', '--quiet'],
+                    logs / 'student-baselines.log')],
+                  plan.workers, 'train the student and its upper bound, run the baselines')
         _mmdistill(aargs, logs / 'student.log', threads=2, tee=True)
         _mmdistill(['evaluate', '--checkpoint', student, '--dataset', dataset,
                     '--out', out / 'evaluation' / 'metrics.json', '--report', out / 'evaluation'],

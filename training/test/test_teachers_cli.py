@@ -240,3 +240,28 @@ def test_bad_init_exits_2_before_reading_bags(bags, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and '--init' in err
     assert not (tmp_path / 'out').exists()
+
+
+def test_label_score_threshold_keeps_the_labels_that_stand_for_the_truth():
+    """Right labels score >= 0.6, false ones < 0.38: every threshold in between has F1 1 and the
+    lowest wins the tie; a label on an ignore region (a silent car) counts neither way."""
+    from mmdistill_training.commands.teachers import label_score_threshold
+    rng = np.random.default_rng(0)
+    fused, truths = [], []
+    for _ in range(20):
+        gt = rng.uniform(0, 300, (3, 2))
+        gt = np.concatenate([gt, gt + 30], 1)
+        junk = rng.uniform(400, 600, (2, 2))
+        junk = np.concatenate([junk, junk + 20], 1)
+        ig = np.array([[700.0, 10, 740, 40]])
+        boxes = np.concatenate([gt, junk, ig])
+        scores = np.concatenate([rng.uniform(0.6, 0.9, 3), rng.uniform(0.2, 0.38, 2), [0.3]])
+        fused.append({'boxes': boxes, 'scores': scores})
+        truths.append({'boxes': gt, 'ignore': ig})
+    thr, table = label_score_threshold(fused, truths)
+    assert thr == 0.4
+    best = next(r for r in table if r['threshold'] == thr)
+    assert best['precision'] == best['recall'] == best['f1'] == 1.0 and best['labels_per_frame'] == 3
+    low = next(r for r in table if r['threshold'] == 0.2)
+    assert low['precision'] == pytest.approx(3 / 5) and low['recall'] == 1.0     # the ignored label is no FP
+    assert [r['threshold'] for r in table if r['f1'] == 1.0] == [0.4, 0.45, 0.5, 0.55, 0.6]

@@ -39,7 +39,7 @@ import numpy as np
 
 from mmdistill_common.errors import ConfigError, InputError
 
-__all__ = ['TeacherTrainConfig', 'init_directory', 'train_teachers', 'train_and_report', 'predict_frames', 'evaluate_predictions',
+__all__ = ['TeacherTrainConfig', 'init_directory', 'label_score_threshold', 'train_teachers', 'train_and_report', 'predict_frames', 'evaluate_predictions',
            'evaluate_teachers', 'ignored_gt', 'ap_table', 'fused_table', 'write_examples', 'write_report', 'add_arguments', 'run']
 
 METHODS_FUSED = ('fused_nms', 'fused_wbf')
@@ -443,6 +443,39 @@ class _FusionScorer:
 #: calibration frames at most (an even subsample of the validation frames): the search fuses and
 #: scores them ~50 times per method, which took over 10 min on the full demo's 960 frames
 CALIBRATION_MAX_FRAMES = 240
+#: candidate label thresholds: the fused score a pseudo-label needs to be a student's target
+LABEL_SCORE_THRESHOLDS = tuple(round(0.2 + 0.05 * k, 2) for k in range(13))      # 0.2 .. 0.8
+
+
+def label_score_threshold(fused: Sequence[Mapping], truths: Sequence[Mapping],
+                          thresholds: Sequence[float] = LABEL_SCORE_THRESHOLDS, iou_threshold: float = 0.5):
+    """The fused score above which pseudo-labels best stand for the truth, as student targets:
+    the threshold of highest F1 at IoU ``iou_threshold`` against ``truths`` (``{'boxes',
+    'ignore'}`` frames of the evaluation rule; a label on an ignore region is neither right nor
+    wrong). A target set has no ranking, so AP cannot choose it; F1 weighs a missing target and a
+    false one alike. Returns ``(threshold, table)`` with precision, recall, F1 and labels per frame
+    for every candidate (ties: the lower threshold)."""
+    from mmdistill_common.boxes import ioa_matrix
+    from mmdistill_training.metrics import IGNORE_IOA, match_frame
+    n_gt = sum(len(t['boxes']) for t in truths)
+    table = []
+    for thr in thresholds:
+        tp = fp = kept = 0
+        for f, t in zip(fused, truths):
+            keep = np.asarray(f['scores']) >= thr
+            b, sc = np.asarray(f['boxes']).reshape(-1, 4)[keep], np.asarray(f['scores'])[keep]
+            kept += len(b)
+            m = match_frame(b, sc, t['boxes'], iou_threshold) >= 0
+            ig = np.asarray(t.get('ignore', np.zeros((0, 4)))).reshape(-1, 4)
+            on_ignore = (ioa_matrix(b, ig).max(axis=1) >= IGNORE_IOA) if len(ig) and len(b) else np.zeros(len(b), bool)
+            tp += int(m.sum())
+            fp += int((~m & ~on_ignore).sum())
+        p = tp / (tp + fp) if tp + fp else 0.0
+        r = tp / n_gt if n_gt else 0.0
+        table.append({'threshold': float(thr), 'precision': p, 'recall': r,
+                      'f1': 2 * p * r / (p + r) if p + r else 0.0, 'labels_per_frame': kept / max(len(fused), 1)})
+    best = max(table, key=lambda row: (row['f1'], -row['threshold']))
+    return best['threshold'], table
 
 
 def calibrate_fusion(predictions: Mapping[str, List[dict]], frames, iou_threshold: float = 0.5,
@@ -491,11 +524,15 @@ def calibrate_fusion(predictions: Mapping[str, List[dict]], frames, iou_threshol
         best[method] = (thr, score)
     method = max(best, key=lambda k: best[k][1]['objective'])
     thr, score = best[method]
+    config = FusionConfig(dict(thr), iou_threshold, method, mods)
+    from mmdistill_training.teacher_eval import fused_predictions
+    label_thr, label_table = label_score_threshold(fused_predictions(predictions, config), truths)
     info = {'drives': sorted({f.drive for f in frames}), 'frames': len(frames), 'objective':
             'AP50 (headline rule) over all frames + worst AP50 over time of day, weather, ego motion',
+            'min_label_score': label_thr, 'label_scores': label_table,
             'chosen': {'method': method, 'score_thresholds': thr, **score},
             'per_method': {k: {'score_thresholds': v[0], **v[1]} for k, v in best.items()}, 'search': search}
-    return FusionConfig(dict(thr), iou_threshold, method, mods), info
+    return config, info
 
 
 # ----------------------------------------------------------------------------- report
