@@ -287,6 +287,9 @@ class TeacherDetector(nn.Module):
         self.head = DetectionHead(config.fpn_channels, num_classes=len(config.class_names),
                                   num_convs=config.head_convs, strides=config.strides,
                                   centerness=config.centerness)
+        #: run :meth:`predict` under bfloat16 autocast (a runtime choice, not part of the weights:
+        #: ``mmdistill label --precision``); the head's outputs and the attention stay float32
+        self.bf16_inference = False
 
     # convenient read-only views of the config
     @property
@@ -339,7 +342,9 @@ class TeacherDetector(nn.Module):
         try:
             x = self._batch(images)
             dev = next(self.parameters()).device
-            outputs, feats = self(x.to(dev))
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16_inference):
+                outputs, feats = self(x.to(dev))
+            feats = [f.float() for f in feats]
             dets = decode(outputs,
                           score_threshold=c.score_threshold if score_threshold is None else score_threshold,
                           nms_iou=c.nms_iou if nms_iou is None else nms_iou,

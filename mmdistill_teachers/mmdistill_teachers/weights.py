@@ -40,7 +40,7 @@ from .detector import SENSOR_CHANNELS, TeacherConfig, TeacherDetector
 
 __all__ = ['FORMAT', 'FORMAT_VERSION', 'METADATA_KEY', 'save_teacher', 'load_teacher', 'read_metadata',
            'fusion_path', 'save_fusion_config', 'load_fusion_config',
-           'teacher_path', 'load_teachers', 'pretrained_directory']
+           'teacher_path', 'load_teachers', 'pretrained_directory', 'set_precision']
 
 FORMAT = 'mmdistill-teacher'
 FORMAT_VERSION = 1
@@ -187,6 +187,21 @@ def load_teachers(directory: PathLike, modalities=('rgb', 'depth', 'thermal'),
     if not directory.is_dir():
         raise ConfigError(f'teachers directory not found: {directory}')
     return {m: load_teacher(teacher_path(directory, m), modality=m, device=device) for m in modalities}
+
+
+PRECISIONS = ('fp32', 'bf16', 'auto')
+
+
+def set_precision(teachers, precision: str):
+    """Make every teacher of ``teachers`` (a dict or one) predict in ``precision``: 'fp32',
+    'bf16' (autocast) or 'auto' (bf16 where the CPU runs it natively). Returns ``teachers``."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+    from .training import bf16_is_fast
+    bf16 = precision == 'bf16' or (precision == 'auto' and bf16_is_fast())
+    for t in (teachers.values() if isinstance(teachers, dict) else [teachers]):
+        t.bf16_inference = bf16
+    return teachers
 
 
 def pretrained_directory() -> Path:

@@ -128,3 +128,32 @@ def test_fusion_config_round_trip_and_errors(tmp_path):
     fusion_path(tmp_path).write_text('{"format": "mmdistill-fusion", "method": "max"}')
     with pytest.raises(ConfigError, match='bad fusion config'):
         load_fusion_config(tmp_path)
+
+
+def test_set_precision_switches_bf16_inference():
+    from mmdistill_teachers.training import bf16_is_fast
+    from mmdistill_teachers.weights import set_precision
+    teachers = {'depth': tiny(), 'thermal': TeacherDetector('thermal', input_size=(128, 64), width=4,
+                                                          fpn_channels=8, head_convs=1)}
+    assert not any(t.bf16_inference for t in teachers.values())          # float32 unless asked
+    assert set_precision(teachers, 'bf16') is teachers and all(t.bf16_inference for t in teachers.values())
+    set_precision(teachers, 'auto')
+    assert all(t.bf16_inference == bf16_is_fast() for t in teachers.values())
+    set_precision(teachers['depth'], 'fp32')
+    assert not teachers['depth'].bf16_inference
+    with pytest.raises(ConfigError, match='precision'):
+        set_precision(teachers, 'fp16')
+
+
+def test_bf16_predictions_are_float32_and_near_the_float32_ones():
+    m = tiny()
+    img = np.random.default_rng(0).uniform(1, 60, (64, 128)).astype(np.float32)
+    a = m.predict(img, score_threshold=0.0, max_detections=1000)[0]
+    m.bf16_inference = True
+    b = m.predict(img, score_threshold=0.0, max_detections=1000)[0]
+    assert b['boxes'].dtype == np.float32 and b['scores'].dtype == np.float32
+    assert all(x.dtype == np.float32 for x in b['attention'])
+    assert abs(len(a['scores']) - len(b['scores'])) <= 0.1 * len(a['scores'])
+    assert np.max(np.abs(np.sort(a['scores'])[-10:] - np.sort(b['scores'])[-10:])) < 0.02
+    for x, y in zip(a['attention'], b['attention']):
+        assert np.allclose(x, y, rtol=0.05, atol=0.02)

@@ -75,13 +75,14 @@ PLANS: Dict[str, DemoPlan] = {
                      drives_per_scenario=4, duration_s=24.0, teacher_epochs=8, teacher_frame_stride=1,
                      teacher_max_steps=800, label_frame_stride=1, dataset_frame_stride=1, pretext_epochs=2,
                      student_epochs=14, replay_scenario='town-day-driving', replay_rate=2.0, frame_rate=5.0,
-                     teacher_jobs=3, teacher_val_stride=4, teacher_eval_stride=2),
+                     teacher_jobs=3, teacher_val_stride=4, teacher_eval_stride=2,
+                     # the shipped teachers (trained on other drives), fine-tuned on the train drives
+                     teacher_init='pretrained', teacher_lr=5e-4),
     'quick': DemoPlan(scenarios=('day-static', 'night-static', 'occluded-crossing'),
-                      drives_per_scenario=3, duration_s=6.0, teacher_epochs=2, teacher_frame_stride=2, teacher_max_steps=60,
+                      drives_per_scenario=3, duration_s=6.0, teacher_epochs=2, teacher_frame_stride=2, teacher_max_steps=30,
                       label_frame_stride=2, dataset_frame_stride=1, pretext_epochs=1, student_epochs=2,
-                      replay_scenario='occluded-crossing', replay_rate=4.0,
-                      # 60-step teachers score every box below the full demo's 0.45
-                      min_label_score=0.1),
+                      replay_scenario='occluded-crossing', replay_rate=4.0, teacher_jobs=3,
+                      teacher_init='pretrained', teacher_lr=5e-4),
 }
 
 SEED_BASE = 1000
@@ -214,7 +215,7 @@ def run_demo(out: Path, plan: DemoPlan, quick: bool) -> Path:
              *(['--lr', plan.teacher_lr] if plan.teacher_lr else [])]
     eargs = ['teachers', 'evaluate', '--teachers', teachers, '--bags', *[bags[d] for d in split['test']],
              '--out', teachers / 'evaluation.json', '--report', teachers / 'evaluation',
-             '--frame-stride', plan.teacher_eval_stride, '--no-progress']
+             '--frame-stride', plan.teacher_eval_stride, '--precision', 'auto', '--no-progress']
     st.commands[name] = ['mmdistill ' + ' '.join(str(a).replace(str(out) + '/', '') for a in args)
                          for args in (targs, eargs)]
     if st.start(name):
@@ -225,7 +226,7 @@ def run_demo(out: Path, plan: DemoPlan, quick: bool) -> Path:
     # 3. label ---------------------------------------------------------------------------
     name = 'label'
     st.commands[name] = [f'mmdistill label --bag bags/{d} --teachers teachers --out labelled/{d} '
-                         f'--frame-stride {plan.label_frame_stride}' for d in drives]
+                         f'--frame-stride {plan.label_frame_stride} --precision auto' for d in drives]
     if st.start(name):
         (out / 'labelled').mkdir(exist_ok=True)
         jobs = []
@@ -233,7 +234,8 @@ def run_demo(out: Path, plan: DemoPlan, quick: bool) -> Path:
             if labelled[d].exists():
                 shutil.rmtree(labelled[d])
             jobs.append((d, ['label', '--bag', bags[d], '--teachers', teachers, '--out', labelled[d],
-                             '--frame-stride', plan.label_frame_stride, '--no-progress'], logs / f'label-{d}.log'))
+                             '--frame-stride', plan.label_frame_stride, '--precision', 'auto', '--no-progress'],
+                         logs / f'label-{d}.log'))
         _parallel(jobs, plan.workers, 'label drives')
         st.finish(name)
 

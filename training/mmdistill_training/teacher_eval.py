@@ -231,9 +231,9 @@ def read_eval_frames(bags: Sequence[Path], modalities: Sequence[str], truth_topi
 
 def evaluate_teacher_bags(teachers_dir: Path, bags: Sequence[Path], modalities: Optional[Sequence[str]] = None,
                           truth_topic: Optional[str] = None, frame_stride: int = 1, fusion_config=None,
-                          progress: bool = False) -> dict:
+                          progress: bool = False, precision: str = 'fp32') -> dict:
     """The command's core: load the teachers, read the frames, predict, score. Returns the JSON dict."""
-    from mmdistill_teachers.weights import load_teachers, teacher_path
+    from mmdistill_teachers.weights import load_teachers, set_precision, teacher_path
 
     from .commands.teachers import predict_frames
     t0 = time.perf_counter()
@@ -242,7 +242,7 @@ def evaluate_teacher_bags(teachers_dir: Path, bags: Sequence[Path], modalities: 
         modalities = [m for m in MODALITIES if teacher_path(teachers_dir, m).exists()]
         if not modalities:
             raise ConfigError(f'no teacher weights (<modality>.safetensors) in {teachers_dir}')
-    teachers = load_teachers(teachers_dir, modalities=tuple(modalities))
+    teachers = set_precision(load_teachers(teachers_dir, modalities=tuple(modalities)), precision)
     if fusion_config is None:   # the fusion `mmdistill label` applies: the directory's calibrated fusion.json
         from mmdistill_teachers.weights import load_fusion_config
         fusion_config = load_fusion_config(teachers_dir)
@@ -253,7 +253,8 @@ def evaluate_teacher_bags(teachers_dir: Path, bags: Sequence[Path], modalities: 
     sim = {'visible', 'audible', 'distance'} <= set(fields)
     return {'format': FORMAT, 'format_version': 1, 'teachers_dir': str(teachers_dir),
             'bags': [str(b) for b in bags], 'modalities': list(modalities), 'frames': len(frames),
-            'frame_stride': frame_stride, 'image_size': list(frames.image_size), 'drives': frames.drives,
+            'frame_stride': frame_stride, 'precision': precision, 'image_size': list(frames.image_size),
+            'drives': frames.drives,
             'skipped': frames.skipped, 'truth_fields': fields,
             'truth': ('simulator /sim/truth: headline = seen by a camera, >= 8 px tall, audible' if sim else
                       f'boxes only ({truth_topic or "/sim/ground_truth"}): no audible, visibility or distance '
@@ -313,6 +314,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--modalities', nargs='+', choices=MODALITIES, default=None,
                         help='teachers to score (default: every teacher in --teachers)')
     parser.add_argument('--frame-stride', type=int, default=1, help='score every k-th camera frame (default 1)')
+    parser.add_argument('--precision', choices=('fp32', 'bf16', 'auto'), default='fp32',
+                        help='teacher arithmetic, as `mmdistill label --precision` (default fp32)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bars')
 
 
@@ -334,7 +337,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.teachers.is_dir():
         raise ConfigError(f'--teachers {args.teachers} is not a directory')
     result = evaluate_teacher_bags(args.teachers, args.bags, args.modalities and list(dict.fromkeys(args.modalities)),
-                                   args.truth_topic, args.frame_stride, progress=not args.no_progress)
+                                   args.truth_topic, args.frame_stride, progress=not args.no_progress,
+                                   precision=args.precision)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + '.tmp')
     tmp.write_text(json.dumps(_clean(result), indent=1, allow_nan=False) + '\n')

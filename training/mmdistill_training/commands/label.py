@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='seconds by which the three cameras of one frame may differ (default 0.05)')
     parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap', help='output bag storage')
     parser.add_argument('--device', default='cpu', help='torch device for the teachers (default cpu)')
+    parser.add_argument('--precision', choices=('fp32', 'bf16', 'auto'), default='fp32',
+                        help='teacher arithmetic: fp32, bf16 autocast, or auto = bf16 where the CPU runs it '
+                             'natively (default fp32, as teacher_node)')
     parser.add_argument('--frame-stride', type=int, default=1,
                         help='label every k-th camera frame (default 1: all); the teachers dominate the cost')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -40,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mmdistill_teachers.labelling import FusionConfig
-    from mmdistill_teachers.weights import load_fusion_config, load_teachers
+    from mmdistill_teachers.weights import load_fusion_config, load_teachers, set_precision
 
     from ..labelling_offline import label_bag, parse_thresholds
 
@@ -55,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
     fusion = FusionConfig(score_thresholds=thresholds, iou_threshold=args.iou, method=method,
                           max_detections=args.max_detections)
     teachers = load_teachers(args.teachers, modalities=fusion.modalities, device=args.device)
+    set_precision(teachers, args.precision)
     stats = label_bag(args.bag, teachers, args.out, fusion, images=args.images, progress=not args.no_progress,
                       batch_size=args.batch_size, slop=args.slop, storage=args.storage,
                       frame_stride=args.frame_stride)
+    stats['precision'] = args.precision
     print(json.dumps(stats, indent=2))
     return 0

@@ -139,6 +139,7 @@ def train_teachers(train_frames, modalities: Sequence[str], config: TeacherTrain
         hist = train_teacher(model, x, boxes, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                              seed=config.seed, max_steps=config.max_steps, progress=progress, crop_width=crop,
                              bf16=bf16)
+        model.bf16_inference = bf16         # its validation predictions in the arithmetic it trained in
         del x
         out[m] = {'model': model, 'history': hist, 'wall_s': time.perf_counter() - start, 'bf16': bf16,
                   'frames': len(frames), 'boxes': int(sum(len(b) for b in boxes)),
@@ -159,7 +160,9 @@ def _train_and_predict_one(modality: str):
     preds = predict_frames({modality: res['model']}, st['val'])[modality] if st['val'] else None
     # plain numpy, not tensors: torch's multiprocessing pickler shares tensors through a
     # file-descriptor handshake that hung the demo's teacher stage (children stuck in a futex)
-    res['state_dict'] = {k: v.detach().numpy().copy() for k, v in res.pop('model').state_dict().items()}
+    model = res.pop('model')
+    res['state_dict'] = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    res['teacher_config'] = model.config.to_dict()       # the architecture (--init's, if given)
     print(f"teacher {modality}: {res['steps']} steps in {res['wall_s']:.0f} s", flush=True)
     return modality, res, preds
 
@@ -184,9 +187,8 @@ def train_and_predict(train_frames, val_frames, modalities: Sequence[str], confi
         trained = train_teachers(train_frames, mods, config, progress=progress)
         preds = predict_frames({m: t['model'] for m, t in trained.items()}, val, progress=progress) if val else {}
         return trained, preds
-    from mmdistill_teachers.detector import TeacherDetector
+    from mmdistill_teachers.detector import TeacherConfig, TeacherDetector
     frames = _frames_of(train_frames)
-    h, w = next(iter(frames[0].images.values())).shape[:2]
     _FORKED.update(train=frames, val=val, config=config)
     try:
         with mp.get_context('fork').Pool(min(jobs, len(mods))) as pool:
@@ -195,9 +197,9 @@ def train_and_predict(train_frames, val_frames, modalities: Sequence[str], confi
         _FORKED.clear()
     trained, preds = {}, {}
     for m, res, p in results:
-        model = TeacherDetector(m, input_size=(w, h), width=config.width, fpn_channels=config.fpn_channels,
-                                head_convs=config.head_convs)
+        model = TeacherDetector(config=TeacherConfig.from_dict(res.pop('teacher_config')))
         model.load_state_dict({k: torch.from_numpy(v) for k, v in res.pop('state_dict').items()})
+        model.bf16_inference = res['bf16']
         trained[m] = {**res, 'model': model.eval()}
         if p is not None:
             preds[m] = p
