@@ -3,9 +3,10 @@
 ``--kills`` (default 20) kills of each writer (:mod:`mmdistill_training.crash_trials`):
 ``recorder_node`` recording 25 Hz audio published over DDS (MCAP and sqlite3 alternately;
 loss counted exactly against what was published), and ``mmdistill sim`` writing a drive with
-images (MCAP and sqlite3 alternately; recovered messages compared with a clean run of the same
-seed). Reported: bags recovered of bags killed, the most messages lost in one kill, the
-independent reader's counts.
+images, killed 0.2-10 s after its stream started (MCAP and sqlite3 alternately; recovered messages
+compared with a clean run of the same seed; lost = messages handed to its ``BagWriter`` before the
+kill - recovered, see ``crash_trials.counted_sim``). Reported: bags recovered of bags killed, the
+most messages lost in one kill, the independent reader's counts.
 
     nice -n 15 python benchmarks/bench_crash.py --out benchmarks/results/crash.json
 """

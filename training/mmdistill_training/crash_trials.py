@@ -160,8 +160,9 @@ def counted_sim(counter: str, argv) -> int:
 
 def sim_trial(out: Path, kill_after_s: float, scenario: str = 'day-static', duration_s: float = 20.0,
               storage: str = 'mcap', images: bool = True, seed: int = 0, start_timeout: float = 300.0) -> Optional[dict]:
-    """SIGKILL ``mmdistill sim`` ``kill_after_s`` s after its first message reached the disk, recover and compare
-    with a clean run of the same seeded scenario; None when the simulation finished before the kill."""
+    """SIGKILL ``mmdistill sim`` ``kill_after_s`` s after its stream started (a second message handed to the
+    writer, the first on disk), recover and compare with a clean run of the same seeded scenario; None when
+    the simulation finished before the kill."""
     from rclpy.serialization import deserialize_message, serialize_message
 
     from mmdistill_common.testing import assert_msg_equal, wait_for
@@ -172,16 +173,20 @@ def sim_trial(out: Path, kill_after_s: float, scenario: str = 'day-static', dura
     if not images:
         cmd.append('--no-images')
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # start-up and the first frame take seconds and vary with the load: time the kill from the bag's
-    # first flush (its first message on disk)
-    wait_for(lambda: proc.poll() is not None or _flushed(out), start_timeout, 0.01)
+
+    def handed_now() -> int:
+        return int.from_bytes(counter.read_bytes()[:8], 'little')
+    # start-up and the simulation of the drive's audio take seconds and vary with the load (audio_info is
+    # written and flushed first, then nothing until the audio exists): time the kill from the first
+    # message after it (the stream of chunks and frames has started) once the bag is on disk
+    wait_for(lambda: proc.poll() is not None or (handed_now() >= 2 and _flushed(out)), start_timeout, 0.01)
     try:
         proc.wait(timeout=kill_after_s)
         return None
     except subprocess.TimeoutExpired:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    handed = int.from_bytes(counter.read_bytes()[:8], 'little')
+    handed = handed_now()
     if not out.exists() or not any(out.iterdir()):
         return {'writer': 'mmdistill sim', 'storage': storage, 'kill_after_s': round(kill_after_s, 3),
                 'recovered': 0, 'handed_to_writer': handed, 'lost': handed,
