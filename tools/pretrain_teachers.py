@@ -70,7 +70,7 @@ def main(argv=None) -> int:
                     'preprocessed frames of all drives are held at once)')
     ap.add_argument('--duration', type=float, default=16.0, help='seconds per drive')
     ap.add_argument('--frame-rate', type=float, default=5.0, help='camera frames per second')
-    ap.add_argument('--steps', type=int, default=5000, help='optimizer steps per teacher')
+    ap.add_argument('--steps', type=int, default=8000, help='optimizer steps per teacher')
     ap.add_argument('--jobs', type=int, default=2, help='simulations side by side')
     ap.add_argument('--precision', choices=('auto', 'fp32', 'bf16'), default='auto', help='teachers train --precision')
     ap.add_argument('--width', type=int, default=8, help='teachers train --width')
