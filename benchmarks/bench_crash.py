@@ -89,10 +89,15 @@ def main(argv=None) -> int:
             ex.shutdown()
             rclpy.try_shutdown()
     if 'sim' in args.writers:
+        from mmdistill_training.crash_trials import CleanRun
+        # one seeded drive for every kill (the moments and the storage vary): its clean run is simulated
+        # once here and extended as far as a kill needs
+        clean = CleanRun('day-static', args.seed, 60.0)
         k = 0
         while sum(1 for t in trials if t['writer'] == 'mmdistill sim') < args.kills:
             storage = 'mcap' if k % 2 == 0 else 'sqlite3'
-            r = sim_trial(work / f'sim{k}', rng.uniform(0.2, 10.0), duration_s=60.0, storage=storage, seed=k)
+            r = sim_trial(work / f'sim{k}', rng.uniform(0.2, 10.0), duration_s=60.0, storage=storage,
+                          seed=args.seed, clean=clean)
             k += 1
             if r is None:
                 continue
