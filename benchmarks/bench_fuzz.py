@@ -73,6 +73,9 @@ def main(argv=None) -> int:
                          '(what did not arrive is counted as lost; default 10)')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--out', type=Path, default=ROOT / 'benchmarks' / 'results' / 'fuzz.json')
+    ap.add_argument('--update', action='store_true',
+                    help='keep the other nodes of an existing --out and replace only those run now '
+                         '(each node records the configuration and time of its own run)')
     args = ap.parse_args(argv)
 
     import rclpy
@@ -82,6 +85,8 @@ def main(argv=None) -> int:
     result = {'benchmark': 'fuzz', 'config': {'messages_per_node': args.messages, 'examples': args.examples,
                                               'seed': args.seed, 'budget_s': args.budget, 'stall_s': args.stall},
               'nodes': {}, 'machine': machine_info()}
+    if args.update and args.out.exists():
+        result['nodes'] = json.loads(args.out.read_text()).get('nodes', {})
     if args.nodes:
         rclpy.init()
     try:
@@ -96,6 +101,8 @@ def main(argv=None) -> int:
                     r['bag'] = check_recorded_bag(r, wd)
             except Exception as exc:      # noqa: BLE001 - a node that never came up is a result too
                 r = {'node': name, 'error': f'{type(exc).__name__}: {exc}', 'crashes': 1}
+            r['run'] = {'config': dict(result['config']), 'finished': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+                        'loadavg_end': os.getloadavg()}
             result['nodes'][name] = r
             print(f"[{name}] {r.get('messages')} sent, {r.get('delivered')} delivered, crashes {r['crashes']}, "
                   f"lost in transport {r.get('lost_in_transport')}, counter mismatches {r.get('counter_mismatches')}, "

@@ -494,8 +494,10 @@ def fuzz_node(node_name: str, n_messages: int, workdir: Path, seed: int = 0, par
 
     report = {'node': node_name, 'seed': seed, 'stall_s': stall_s, 'batch': batch}
     expected: Counter = Counter()         # per topic: messages the node's callbacks must have taken
-    lost: Counter = Counter()             # per topic: sent, never taken (the wait gave up)
-    unexpected: Counter = Counter()       # per topic: taken beyond what was expected (random bytes that decoded)
+    lost: Counter = Counter()             # per topic: sent, not taken when a wait gave up, not taken since
+    late: Counter = Counter()             # per topic: not taken when a wait gave up, but taken afterwards
+    raw_missing: Counter = Counter()      # per topic: random bytes a raw subscription never got
+    unexpected: Counter = Counter()       # per topic: taken beyond what was sent (random bytes that decoded)
     given_up = [0]
 
     def short() -> Dict[str, int]:
@@ -520,8 +522,11 @@ def fuzz_node(node_name: str, n_messages: int, workdir: Path, seed: int = 0, par
             lost[t] += k
             expected[t] -= k
         for t, n in node_received().items():
-            if n > expected[t]:
-                unexpected[t] += n - expected[t]
+            if n > expected[t]:           # what a wait gave up on came after all; anything beyond: unexpected
+                back = min(n - expected[t], lost[t])
+                lost[t] -= back
+                late[t] += back
+                unexpected[t] += n - expected[t] - back
                 expected[t] = n
         return gone
 
@@ -569,8 +574,12 @@ def fuzz_node(node_name: str, n_messages: int, workdir: Path, seed: int = 0, par
                 raw_pubs[c.topic].publish(c.msg)
                 if raw_node:              # delivered or not: wait for this one alone
                     expected[c.topic] += 1
-                    if drain(min(stall_s, 2.0)):
+                    gone = drain(min(stall_s, 2.0))
+                    if gone:
                         raw_lost += 1
+                        for t, k in gone.items():
+                            lost[t] -= k
+                            raw_missing[t] += k
                     else:
                         raw_delivered += 1
                         expect.update(c.expect)
@@ -630,8 +639,10 @@ def fuzz_node(node_name: str, n_messages: int, workdir: Path, seed: int = 0, par
         'counters_delta': dict(sorted(delta.items())), 'counters_expected': dict(sorted(expect.items())),
         'counter_mismatches': mismatches,
         # valid or malformed typed messages that never reached the node's callbacks
-        'lost_in_transport': sum(lost.values()) - raw_lost,
-        'lost_by_topic': dict(lost), 'unexpected_deliveries': dict(unexpected), 'waits_given_up': given_up[0],
+        'lost_in_transport': sum(lost.values()), 'lost_by_topic': {t: k for t, k in lost.items() if k},
+        'late_after_wait_gave_up': {t: k for t, k in late.items() if k},
+        'random_bytes_missing_by_topic': dict(raw_missing),
+        'unexpected_deliveries': dict(unexpected), 'waits_given_up': given_up[0],
         'wall_s': round(elapsed, 1), 'messages_per_s': round(sent / max(elapsed, 1e-9), 1),
         'log': str(log_path),
     })
