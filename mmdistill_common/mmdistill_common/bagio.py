@@ -34,6 +34,7 @@ from .errors import InputError
 METADATA_FILE = 'metadata.yaml'
 STORAGE_SUFFIXES = {'.mcap': 'mcap', '.db3': 'sqlite3'}
 FLUSH_PERIOD_S = 1.0
+SQLITE_COMMIT_BYTES = 1 << 20     # sqlite3 commits at least every MiB (MCAP: its 1-MiB chunks)
 # interface packages not in the rosbags Kilted store, registered from their .msg files
 EXTRA_INTERFACE_PACKAGES = ('vision_msgs', 'audio_common_msgs', 'mmdistill_msgs')
 STORAGE = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
@@ -114,7 +115,7 @@ class BagWriter:
 
     The bag is complete (readable, with metadata) once ``close()`` ran, which the
     context manager guarantees also on exceptions and KeyboardInterrupt. Before that, what
-    was flushed (every ``flush_period_s`` of wall time, and every 1 MiB MCAP chunk) is on
+    was flushed (every ``flush_period_s`` of wall time, and every 1 MiB: an MCAP chunk, a sqlite3 commit) is on
     disk and ``mmdistill bag recover`` restores it; ``fsync=False`` trades power-loss safety
     for speed (a killed process still loses only the unflushed chunk).
     """
@@ -136,6 +137,7 @@ class BagWriter:
         self.bytes_written = 0          # serialized message bytes (for size-based splitting)
         self.flushes = 0
         self._chunks_closed = 0
+        self._flushed_bytes = 0         # bytes_written at the last flush
         self._last_flush = time.monotonic()
 
     def add_topic(self, topic: str, msgtype: str, transient_local: bool = False) -> None:
@@ -167,7 +169,10 @@ class BagWriter:
         storage = self._writer.storage if self._writer is not None else None
         if storage is None:
             return
-        chunk_closed = self.storage == 'mcap' and len(storage.chunks) != self._chunks_closed
+        if self.storage == 'mcap':
+            chunk_closed = len(storage.chunks) != self._chunks_closed
+        else:                            # sqlite3: a commit per MiB, as MCAP closes its 1-MiB chunks
+            chunk_closed = self.bytes_written - self._flushed_bytes >= SQLITE_COMMIT_BYTES
         if chunk_closed or time.monotonic() - self._last_flush >= self.flush_period_s:
             self.flush()
 
@@ -186,6 +191,7 @@ class BagWriter:
                 os.fsync(storage.bio.fileno())
         else:
             storage.conn.commit()       # sqlite3 (rollback journal, synchronous=FULL): durable
+        self._flushed_bytes = self.bytes_written
         self._last_flush = time.monotonic()
         self.flushes += 1
 
