@@ -27,13 +27,18 @@ def area(boxes) -> np.ndarray:
     return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
 
 
-def iou_matrix(a, b) -> np.ndarray:
-    """Pairwise intersection over union, shape (len(a), len(b)); 0 where both areas are 0."""
-    a, b = as_boxes(a), as_boxes(b)
+def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise intersection areas of two (N, 4) xyxy arrays, shape (len(a), len(b))."""
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
     wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
+    return wh[..., 0] * wh[..., 1]
+
+
+def iou_matrix(a, b) -> np.ndarray:
+    """Pairwise intersection over union, shape (len(a), len(b)); 0 where both areas are 0."""
+    a, b = as_boxes(a), as_boxes(b)
+    inter = _intersection(a, b)
     union = area(a)[:, None] + area(b)[None, :] - inter
     with np.errstate(invalid='ignore', divide='ignore'):
         out = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
@@ -45,13 +50,10 @@ def ioa_matrix(a, b) -> np.ndarray:
     area is 0. How much of a detection lies on a region: the overlap KITTI's DontCare and COCO's
     crowd regions are matched by (a small detection inside a large region has IoA 1, IoU small)."""
     a, b = as_boxes(a), as_boxes(b)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
+    inter = _intersection(a, b)
     aa = area(a)[:, None]
     with np.errstate(invalid='ignore', divide='ignore'):
-        return np.where(aa > 0, inter / np.where(aa > 0, aa, 1), 0.0) * np.ones((1, len(b)))
+        return np.where(aa > 0, inter / np.where(aa > 0, aa, 1), 0.0)
 
 
 #: boxes up to which :func:`nms` computes the full IoU matrix (cheaper than a loop of slices)

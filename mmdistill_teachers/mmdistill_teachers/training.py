@@ -13,10 +13,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mmdistill_common.errors import ConfigError
+
+from . import PRECISIONS
 from .head import assign_targets, detection_loss
 from .detector import TeacherDetector
 
-__all__ = ['train_teacher', 'hflip_boxes', 'crop_boxes', 'seed_everything', 'bf16_is_fast']
+__all__ = ['train_teacher', 'hflip_boxes', 'crop_boxes', 'seed_everything', 'bf16_is_fast', 'use_bf16']
 
 
 def bf16_is_fast() -> bool:
@@ -26,6 +29,13 @@ def bf16_is_fast() -> bool:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def use_bf16(precision: str) -> bool:
+    """Whether ``precision`` (one of :data:`PRECISIONS`) means bfloat16 autocast on this machine."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+    return precision == 'bf16' or (precision == 'auto' and bf16_is_fast())
 
 
 def seed_everything(seed: int) -> None:

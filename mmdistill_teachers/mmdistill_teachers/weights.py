@@ -189,16 +189,11 @@ def load_teachers(directory: PathLike, modalities=('rgb', 'depth', 'thermal'),
     return {m: load_teacher(teacher_path(directory, m), modality=m, device=device) for m in modalities}
 
 
-PRECISIONS = ('fp32', 'bf16', 'auto')
-
-
 def set_precision(teachers, precision: str):
     """Make every teacher of ``teachers`` (a dict or one) predict in ``precision``: 'fp32',
     'bf16' (autocast) or 'auto' (bf16 where the CPU runs it natively). Returns ``teachers``."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f'precision must be one of {PRECISIONS}, got {precision!r}')
-    from .training import bf16_is_fast
-    bf16 = precision == 'bf16' or (precision == 'auto' and bf16_is_fast())
+    from .training import use_bf16
+    bf16 = use_bf16(precision)
     for t in (teachers.values() if isinstance(teachers, dict) else [teachers]):
         t.bf16_inference = bf16
     return teachers

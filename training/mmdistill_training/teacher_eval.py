@@ -33,6 +33,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from mmdistill_common.errors import ConfigError, InputError
+from mmdistill_teachers import PRECISIONS
 
 from .metrics import evaluate_truth, truth_sets
 from .teacher_data import MODALITIES, FrameSet, TeacherFrame
@@ -314,7 +315,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--modalities', nargs='+', choices=MODALITIES, default=None,
                         help='teachers to score (default: every teacher in --teachers)')
     parser.add_argument('--frame-stride', type=int, default=1, help='score every k-th camera frame (default 1)')
-    parser.add_argument('--precision', choices=('fp32', 'bf16', 'auto'), default='fp32',
+    parser.add_argument('--precision', choices=PRECISIONS, default='fp32',
                         help='teacher arithmetic, as `mmdistill label --precision` (default fp32)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bars')
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from mmdistill_common.errors import ConfigError
+from mmdistill_teachers import PRECISIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='seconds by which the three cameras of one frame may differ (default 0.05)')
     parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap', help='output bag storage')
     parser.add_argument('--device', default='cpu', help='torch device for the teachers (default cpu)')
-    parser.add_argument('--precision', choices=('fp32', 'bf16', 'auto'), default='fp32',
+    parser.add_argument('--precision', choices=PRECISIONS, default='fp32',
                         help='teacher arithmetic: fp32, bf16 autocast, or auto = bf16 where the CPU runs it '
                              'natively (default fp32, as teacher_node)')
     parser.add_argument('--frame-stride', type=int, default=1,

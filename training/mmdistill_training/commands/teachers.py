@@ -38,12 +38,12 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from mmdistill_common.errors import ConfigError, InputError
+from mmdistill_teachers import PRECISIONS
 
-__all__ = ['TeacherTrainConfig', 'init_directory', 'label_score_threshold', 'train_teachers', 'train_and_report', 'predict_frames', 'evaluate_predictions',
-           'evaluate_teachers', 'ignored_gt', 'ap_table', 'fused_table', 'write_examples', 'write_report', 'add_arguments', 'run']
+__all__ = ['TeacherTrainConfig', 'init_directory', 'label_score_threshold', 'train_teachers', 'train_and_report',
+           'predict_frames', 'evaluate_predictions', 'evaluate_teachers', 'ignored_gt', 'ap_table', 'fused_table', 'write_examples', 'write_report', 'add_arguments', 'run']
 
 METHODS_FUSED = ('fused_nms', 'fused_wbf')
-PRECISIONS = ('auto', 'fp32', 'bf16')
 SCORE_FLOOR = 0.05
 
 
@@ -104,13 +104,13 @@ def train_teachers(train_frames, modalities: Sequence[str], config: TeacherTrain
     import torch
 
     from mmdistill_teachers.detector import TeacherDetector
-    from mmdistill_teachers.training import bf16_is_fast, seed_everything, train_teacher
+    from mmdistill_teachers.training import seed_everything, train_teacher, use_bf16
 
     frames = _frames_of(train_frames)
     if not frames:
         raise InputError('no training frames')
     h, w = next(iter(frames[0].images.values())).shape[:2]
-    bf16 = config.precision == 'bf16' or (config.precision == 'auto' and bf16_is_fast())
+    bf16 = use_bf16(config.precision)
     out = {}
     for m in modalities:
         if m not in frames[0].images:
@@ -455,8 +455,9 @@ def label_score_threshold(fused: Sequence[Mapping], truths: Sequence[Mapping],
     the threshold of highest F1 at IoU ``iou_threshold`` against ``truths`` (``{'boxes'}`` frames,
     optionally with ``'ignore'`` regions on which a label is neither right nor wrong;
     :func:`calibrate_fusion` passes the headline boxes alone). A target set has no ranking, so AP
-    cannot choose it; F1 weighs a missing target and a false one alike. Returns ``(threshold, table)`` with precision, recall, F1 and labels per frame
-    for every candidate (ties: the lower threshold)."""
+    cannot choose it; F1 weighs a missing target and a false one alike. Returns ``(threshold,
+    table)`` with precision, recall, F1 and labels per frame for every candidate (ties: the lower
+    threshold)."""
     from mmdistill_common.boxes import ioa_matrix
     from mmdistill_training.metrics import IGNORE_IOA, match_frame
     n_gt = sum(len(t['boxes']) for t in truths)
@@ -469,7 +470,7 @@ def label_score_threshold(fused: Sequence[Mapping], truths: Sequence[Mapping],
             kept += len(b)
             m = match_frame(b, sc, t['boxes'], iou_threshold) >= 0
             ig = np.asarray(t.get('ignore', np.zeros((0, 4)))).reshape(-1, 4)
-            on_ignore = (ioa_matrix(b, ig).max(axis=1) >= IGNORE_IOA) if len(ig) and len(b) else np.zeros(len(b), bool)
+            on_ignore = (ioa_matrix(b, ig) >= IGNORE_IOA).any(axis=1)
             tp += int(m.sum())
             fp += int((~m & ~on_ignore).sum())
         p = tp / (tp + fp) if tp + fp else 0.0
