@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from mmdistill_common.errors import ConfigError, MmdistillError
+from mmdistill_common.node_main import catch_sigint, interrupted_take
 
 from . import graphs
 from .graphs import NodeSpec
@@ -261,6 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except MmdistillError as exc:
         print(f'mmdistill-bringup: error: {exc}', file=sys.stderr)
         return 2
+    interrupted = catch_sigint()
     rclpy.init(args=[parser.prog])     # launch-style NAME:=VALUE must not reach rcl as remaps
     graph = view = view_node = None
     try:
@@ -277,6 +279,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError as exc:
+        if not interrupted_take(exc, interrupted):
+            raise
     finally:
         if view_node is not None:
             view_node.destroy_node()

@@ -13,7 +13,7 @@ from rclpy.executors import ExternalShutdownException
 
 from .errors import ConfigError, MmdistillError
 
-__all__ = ['run_node', 'autostart']
+__all__ = ['run_node', 'autostart', 'catch_sigint', 'interrupted_take']
 
 
 def autostart(node, what: str = '') -> None:
@@ -29,16 +29,28 @@ def autostart(node, what: str = '') -> None:
     node.trigger_activate()
 
 
-def run_node(name: str, factory: Callable[[], object], args: Optional[Sequence[str]] = None,
-             start: Optional[Callable[[object], None]] = None) -> int:
-    """Run the node ``factory()`` until shutdown; ``start(node)`` runs before spinning."""
+def catch_sigint() -> List[int]:
+    """Install a SIGINT handler (before ``rclpy.init``, whose handler chains to it) that records
+    each Ctrl-C in the returned list and raises ``KeyboardInterrupt`` as Python's default does."""
     interrupted: List[int] = []
 
     def on_sigint(signum, frame) -> None:
         interrupted.append(signum)
         raise KeyboardInterrupt
-    # installed before rclpy.init so that rclpy's own handler chains to it
     signal.signal(signal.SIGINT, on_sigint)
+    return interrupted
+
+
+def interrupted_take(exc: BaseException, interrupted: Sequence[int]) -> bool:
+    """Whether ``exc`` is a Ctrl-C in disguise: pybind11 turns a ``KeyboardInterrupt`` raised while
+    rclpy converts a taken message into ``RuntimeError("Unable to convert call argument ...")``."""
+    return isinstance(exc, RuntimeError) and bool(interrupted)
+
+
+def run_node(name: str, factory: Callable[[], object], args: Optional[Sequence[str]] = None,
+             start: Optional[Callable[[object], None]] = None) -> int:
+    """Run the node ``factory()`` until shutdown; ``start(node)`` runs before spinning."""
+    interrupted = catch_sigint()
     rclpy.init(args=args)
     node = None
     try:
@@ -51,10 +63,8 @@ def run_node(name: str, factory: Callable[[], object], args: Optional[Sequence[s
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except RuntimeError:
-        # pybind11 turns a KeyboardInterrupt raised while rclpy converts a message into
-        # "Unable to convert call argument" (seen when fuzzing): still a Ctrl-C, exit 0
-        if not interrupted:
+    except RuntimeError as exc:
+        if not interrupted_take(exc, interrupted):
             raise
     finally:
         if node is not None:
