@@ -22,6 +22,7 @@ from mmdistill_common.errors import ConfigError
 from .dataset import DistillDataset
 from .experiments import EXPERIMENTS, Experiment
 from .evaluate import evaluate_predictions, headline
+from .train_config import DEFAULTS
 
 __all__ = ['Experiment', 'EXPERIMENTS', 'run_ablation', 'row_dir', 'classical_predictions', 'scene_prior_predictions',
            'aggregate_seeds', 'format_table']
@@ -32,9 +33,11 @@ _FIGURES = ('AP50', 'mAP_avg', 'CDx', 'CDy')
 
 
 def classical_predictions(ds: DistillDataset, rows: Sequence[int], train_rows: Sequence[int],
-                          algorithm: str = 'SRP', progress: bool = True) -> List[dict]:
+                          algorithm: str = 'SRP', progress: bool = True,
+                          rule: Tuple[float, Sequence[str]] = (0.0, ())) -> List[dict]:
     """The classical baseline on the raw audio windows of ``rows`` (box size prior fitted on the
-    training pseudo-labels)."""
+    training pseudo-labels the student learns: ``rule`` = min_label_score, label_support)."""
+    from .trainer import reference_frames
     from .baselines.classical import ClassicalBaseline
     geo = ds.index.get('geometry')
     if not geo:
@@ -42,7 +45,7 @@ def classical_predictions(ds: DistillDataset, rows: Sequence[int], train_rows: S
                           'classical baseline needs it')
     base = ClassicalBaseline.from_geometry(geo, algorithm=algorithm)
     try:
-        base.fit([ds.labels(int(r))[0] for r in train_rows])
+        base.fit([f['boxes'] for f in reference_frames(ds, train_rows, 'fused', *rule)])
     except ConfigError:          # no training pseudo-label at all: a car at the baseline's range
         base.fit_geometric()
     out = []
@@ -52,11 +55,14 @@ def classical_predictions(ds: DistillDataset, rows: Sequence[int], train_rows: S
     return out
 
 
-def scene_prior_predictions(ds: DistillDataset, rows: Sequence[int]) -> List[dict]:
-    """The scene-prior baseline: boxes fitted on the train split's pseudo-labels, K chosen on val."""
+def scene_prior_predictions(ds: DistillDataset, rows: Sequence[int], rule: Tuple[float, Sequence[str]] = (0.0, ())
+                            ) -> List[dict]:
+    """The scene-prior baseline: boxes fitted on the train split's pseudo-labels (those the student
+    learns: ``rule`` = min_label_score, label_support), K chosen on val."""
     from .baselines.scene_prior import ScenePrior
-    prior = ScenePrior.fit([ds.labels(int(r))[0] for r in ds.split_indices('train')],
-                           [ds.labels(int(r))[0] for r in ds.split_indices('val')])
+    from .trainer import reference_frames
+    prior = ScenePrior.fit([f['boxes'] for f in reference_frames(ds, ds.split_indices('train'), 'fused', *rule)],
+                           [f['boxes'] for f in reference_frames(ds, ds.split_indices('val'), 'fused', *rule)])
     return [prior.predict() for _ in rows]
 
 
@@ -86,16 +92,14 @@ def _check_twin(ds: DistillDataset, twin: DistillDataset) -> None:
 
 def _train_row(exp: Experiment, dataset: Path, ds: DistillDataset, rows, d: Path, pretext_dir: Path,
                seed: int, epochs: Optional[int], progress: bool,
-               min_label_score: Optional[float] = None) -> Tuple[List[dict], dict]:
+               labels: Dict[str, object]) -> Tuple[List[dict], dict]:
     from .evaluate import student_predictor
     from .train_config import load_train_config
     from .trainer import train
     from mmdistill_student.checkpoint import load_checkpoint
-    ov: Dict[str, object] = {'seed': seed}
+    ov: Dict[str, object] = {'seed': seed, **labels}
     if epochs:
         ov['optim'] = {'epochs': epochs}
-    if min_label_score is not None:
-        ov['min_label_score'] = min_label_score
     summary = train(load_train_config(exp.config, ov), dataset, d,
                     init=f'pretext:{pretext_dir}' if exp.pretext else None,
                     progress=progress, resume=(d / 'train_state.json').is_file())
@@ -109,10 +113,11 @@ def _train_row(exp: Experiment, dataset: Path, ds: DistillDataset, rows, d: Path
 def run_ablation(dataset: Path, out: Path, names: Optional[Sequence[str]] = None,
                  epochs: Optional[int] = None, pretext_epochs: Optional[int] = None,
                  progress: bool = True, split: str = 'test', seeds: Sequence[int] = (0,),
-                 spectrogram_dataset: Optional[Path] = None, min_label_score: Optional[float] = None) -> dict:
+                 spectrogram_dataset: Optional[Path] = None, min_label_score: Optional[float] = None,
+                 label_support: Optional[Sequence[str]] = None) -> dict:
     """Train and evaluate every row for every seed (``out/seed-S/<row>``), then one table of mean
-    and std over seeds (``min_label_score``: the fused pseudo-labels kept as targets and as the PL
-    reference, default the training configs'). Rows on the spectrogram encoder read ``spectrogram_dataset`` (the same
+    and std over seeds (``min_label_score``, ``label_support``: the fused pseudo-labels kept as
+    targets and as the PL reference, default the training configs'). Rows on the spectrogram encoder read ``spectrogram_dataset`` (the same
     labelled bags built with ``--features logmel,ild,gcc``) and are left out without it."""
     from .train_config import load_train_config
     from .trainer import train
@@ -135,6 +140,12 @@ def run_ablation(dataset: Path, out: Path, names: Optional[Sequence[str]] = None
                           'with --features logmel,ild,gcc)')
     if not seeds:
         raise ConfigError('--seeds must name at least one seed')
+    labels: Dict[str, object] = {k: v for k, v in (('min_label_score', min_label_score),
+                                                   ('label_support', label_support)) if v is not None}
+    if 'label_support' in labels:
+        labels['label_support'] = list(labels['label_support'])
+    rule = (labels.get('min_label_score', DEFAULTS['min_label_score']),
+            labels.get('label_support', DEFAULTS['label_support']))
     rows = ds.split_indices(split)
     if len(rows) == 0:
         raise ConfigError(f'dataset has no {split!r} frames')
@@ -155,9 +166,7 @@ def run_ablation(dataset: Path, out: Path, names: Optional[Sequence[str]] = None
             src, src_ds = (spectrogram_dataset, twin) if exp.features == 'spectrogram' else (dataset, ds)
             pretext_dir = root / ('pretext-spectrogram' if exp.features == 'spectrogram' else 'pretext')
             if exp.pretext and not (pretext_dir / 'summary.json').is_file():
-                ov: Dict[str, object] = {'seed': seed}
-                if min_label_score is not None:
-                    ov['min_label_score'] = min_label_score
+                ov: Dict[str, object] = {'seed': seed, **labels}
                 if pretext_epochs:
                     ov['optim'] = {'epochs': pretext_epochs}
                 if exp.features == 'spectrogram':       # the spectrogram rows' network (spectrogram.yaml)
@@ -168,14 +177,13 @@ def run_ablation(dataset: Path, out: Path, names: Optional[Sequence[str]] = None
             t0 = time.perf_counter()
             extra: Dict[str, object] = {'seed': seed}
             if exp.name == 'scene-prior':
-                preds = scene_prior_predictions(ds, rows)
+                preds = scene_prior_predictions(ds, rows, rule)
             elif exp.config is None:
-                preds = classical_predictions(ds, rows, ds.split_indices('train'), progress=progress)
+                preds = classical_predictions(ds, rows, ds.split_indices('train'), progress=progress, rule=rule)
             else:
-                preds, more = _train_row(exp, src, src_ds, rows, d, pretext_dir, seed, epochs, progress,
-                                         min_label_score)
+                preds, more = _train_row(exp, src, src_ds, rows, d, pretext_dir, seed, epochs, progress, labels)
                 extra.update(more)
-            res = evaluate_predictions(ds, rows, preds, min_label_score=min_label_score)
+            res = evaluate_predictions(ds, rows, preds, min_label_score=rule[0], label_support=rule[1])
             row = _row(exp.name, exp, res, {**extra, 'time_s': time.perf_counter() - t0})
             eval_path.write_text(json.dumps(row, indent=1, default=float))
             per_seed[exp.name].append(row)

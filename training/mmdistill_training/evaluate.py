@@ -82,9 +82,10 @@ def truth_frames(ds: DistillDataset, rows: Sequence[int]) -> List[dict]:
 
 
 def evaluate_predictions(ds: DistillDataset, rows: Sequence[int], predictions: List[dict],
-                         curves: bool = False, min_label_score: Optional[float] = None) -> dict:
+                         curves: bool = False, min_label_score: Optional[float] = None,
+                         label_support: Sequence[str] = ()) -> dict:
     """Metrics of ``predictions`` (one per row) against the pseudo-labels scored at least
-    ``min_label_score`` (default: the training default) and, under the evaluation rule, ground
+    ``min_label_score`` (default: the training default) and supported by ``label_support``, and, under the evaluation rule, ground
     truth (``ground_truth``, ``ground_truth_all_visible``, ``ground_truth_shuffled``), by
     condition."""
     size = tuple(ds.index['image_size'])
@@ -92,7 +93,7 @@ def evaluate_predictions(ds: DistillDataset, rows: Sequence[int], predictions: L
     keys = [k for k in CONDITION_KEYS if any(k in c for c in conds)]
     out: Dict[str, dict] = {'num_frames': len(rows)}
     pl = reference_frames(ds, rows, 'fused',
-                          DEFAULTS['min_label_score'] if min_label_score is None else min_label_score)
+                          DEFAULTS['min_label_score'] if min_label_score is None else min_label_score, label_support)
     res = evaluate_by_condition(predictions, pl, conds, size, keys=keys)
     if curves:
         res['all']['curves'] = evaluate_detections(predictions, pl, size, per_class=False,
@@ -122,8 +123,9 @@ def evaluate_checkpoint(checkpoint: Path, dataset: Path, split: str = 'test', sc
         raise ConfigError(f'dataset {dataset} has no {split!r} frames')
     preds = student_predictor(model, meta, ds, score_threshold)(rows)
     # the pseudo-labels the student was trained against (checkpoints before min_label_score: all)
-    res = evaluate_predictions(ds, rows, preds, curves=curves,
-                               min_label_score=meta.get('train_config', {}).get('min_label_score', 0.0))
+    tc = meta.get('train_config', {})
+    res = evaluate_predictions(ds, rows, preds, curves=curves, min_label_score=tc.get('min_label_score', 0.0),
+                               label_support=tc.get('label_support', ()))
     # how many boxes the runtime would publish (its own threshold, not the AP cut), beside the truth
     thr = float(model.config.score_threshold)
     res['operating_threshold'] = thr

@@ -62,6 +62,7 @@ class DemoPlan:
     teacher_val_stride: Optional[int] = None   # frame stride on the val drives (None = teacher_frame_stride)
     teacher_eval_stride: int = 1           # frame stride of `teachers evaluate` on the test drives
     min_label_score: Optional[float] = None    # fused labels the student learns (None = calibrated in fusion.json)
+    label_support: Optional[Tuple[str, ...]] = None   # teachers such a label needs (None = calibrated)
     teacher_init: Optional[str] = None     # `teachers train --init` ('pretrained': the shipped weights)
     teacher_lr: Optional[float] = None     # `teachers train --lr` (None = its default)
 
@@ -90,18 +91,16 @@ PLANS: Dict[str, DemoPlan] = {
 SEED_BASE = 1000
 
 
-def label_threshold(plan: DemoPlan, teachers: Path) -> Optional[float]:
-    """The fused score a pseudo-label needs to be a student target: the plan's, else the one
-    ``teachers train`` calibrated on the val drives (``fusion.json``), else None (the train
-    config's default)."""
-    if plan.min_label_score is not None:
-        return plan.min_label_score
+def student_label_rule(plan: DemoPlan, teachers: Path) -> Tuple[Optional[float], Optional[List[str]]]:
+    """The fused score a pseudo-label needs to be a student target and the teachers that must
+    support it: the plan's, else what ``teachers train`` calibrated on the val drives
+    (``fusion.json``), else None (the train config's default)."""
     from mmdistill_teachers.weights import fusion_path
     path = fusion_path(teachers)
-    if not path.is_file():
-        return None
-    value = json.loads(path.read_text()).get('calibration', {}).get('min_label_score')
-    return None if value is None else float(value)
+    cal = json.loads(path.read_text()).get('calibration', {}) if path.is_file() else {}
+    score = plan.min_label_score if plan.min_label_score is not None else cal.get('min_label_score')
+    support = plan.label_support if plan.label_support is not None else cal.get('label_support')
+    return (None if score is None else float(score)), (None if support is None else list(support))
 
 
 def _mmdistill(args: Sequence[str], log: Path, threads: int = 1, tee: bool = False) -> None:
@@ -258,10 +257,11 @@ def run_demo(out: Path, plan: DemoPlan, quick: bool) -> Path:
     ablation = out / 'ablation'
     student = row_dir(ablation, 'ours')
     rows = ['classical-srp', 'scene-prior', 'ours', 'upper-bound']
-    label_score = label_threshold(plan, teachers)
+    label_score, label_support = student_label_rule(plan, teachers)
     base = ['ablate', '--dataset', dataset, '--out', ablation,
             '--epochs', plan.student_epochs, '--pretext-epochs', plan.pretext_epochs,
-            *(['--min-label-score', label_score] if label_score is not None else [])]
+            *(['--min-label-score', label_score] if label_score is not None else []),
+            *(['--label-support', *label_support] if label_support is not None else [])]
     aargs = [*base, '--only', *rows]
     st.commands[name] = ['mmdistill ' + ' '.join(str(a).replace(str(out) + '/', '') for a in aargs),
                          f'mmdistill evaluate --checkpoint {student.relative_to(out)} --dataset dataset '

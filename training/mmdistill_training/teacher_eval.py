@@ -94,7 +94,8 @@ def sensor_working_truth(frame: TeacherFrame, modality: str, depth_range_m: floa
 
 
 def fused_predictions(predictions: Mapping[str, List[dict]], fusion_config=None) -> List[dict]:
-    """The pseudo-labels of every frame: the teachers' detections fused as ``mmdistill label`` does."""
+    """The pseudo-labels of every frame: the teachers' detections fused as ``mmdistill label`` does
+    (``support``: bool (n, len(modalities)), which teachers support each box)."""
     from mmdistill_teachers.fusion import fuse_detections
     from mmdistill_teachers.labelling import FusionConfig
     mods = tuple(predictions)
@@ -106,7 +107,7 @@ def fused_predictions(predictions: Mapping[str, List[dict]], fusion_config=None)
         fd = fuse_detections({m: predictions[m][i] for m in mods}, score_thresholds=dict(cfg.score_thresholds),
                              iou_threshold=cfg.iou_threshold, method=cfg.method, modalities=mods,
                              max_detections=cfg.max_detections)
-        out.append({'boxes': fd.boxes, 'scores': fd.scores})
+        out.append({'boxes': fd.boxes, 'scores': fd.scores, 'support': fd.support, 'modalities': fd.modalities})
     return out
 
 

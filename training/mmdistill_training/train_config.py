@@ -38,6 +38,10 @@ DEFAULTS: Dict[str, Any] = {
     # one teacher of three at a third of its score, so the labels hold many weak boxes (the demo:
     # 16 per frame against 3.3 audible vehicles); 0.45 maximises their F1 on the demo's val drives
     'min_label_score': 0.45,
+    # teachers that must support a fused pseudo-label for it to be a target: ['thermal'] keeps the
+    # vehicles whose engine runs (a parked car sits at road temperature), the ones the array can
+    # hear; `teachers train` calibrates it on the val drives with min_label_score (fusion.json)
+    'label_support': [],
     'model': {                      # StudentConfig fields (frontend/input_channels come from data)
         'encoder': {},
         'strides': None,            # pyramid strides; None = the dataset's (the teachers' 8/16/32)
@@ -153,6 +157,9 @@ def validate(raw: dict) -> TrainConfig:
                              or len(set(mics)) != len(mics)):
         raise ConfigError(f'mics: null or a list of distinct microphone indices, got {mics!r}')
     _num(cfg, 'min_label_score', lo=0, hi=1)
+    sup = cfg['label_support']
+    if not isinstance(sup, list) or any(m not in TEACHER_TARGETS for m in sup) or len(set(sup)) != len(sup):
+        raise ConfigError(f'label_support: a list of distinct teachers from {list(TEACHER_TARGETS)}, got {sup!r}')
     if cfg['targets'] not in TARGETS:
         raise ConfigError(f'targets: one of {list(TARGETS)}, got {cfg["targets"]!r}')
     loss = cfg['loss']

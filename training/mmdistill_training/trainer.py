@@ -171,9 +171,9 @@ def _mirror_features(x: torch.Tensor, mirror: np.ndarray) -> torch.Tensor:
 # ------------------------------------------------------------------------ data
 
 def reference_frames(ds: DistillDataset, rows: Sequence[int], targets: str,
-                     min_label_score: float = 0.0) -> List[dict]:
+                     min_label_score: float = 0.0, label_support: Sequence[str] = ()) -> List[dict]:
     """Per row the boxes that supervise / evaluate the student: fused pseudo-labels scored at
-    least ``min_label_score``, one teacher's own detections (score >= 0.5, the fusion's
+    least ``min_label_score`` and supported by every teacher of ``label_support``, one teacher's own detections (score >= 0.5, the fusion's
     per-teacher threshold), or the simulator truth under the headline rule (``ground_truth``:
     the upper-bound row only)."""
     out = []
@@ -187,6 +187,8 @@ def reference_frames(ds: DistillDataset, rows: Sequence[int], targets: str,
         elif targets == 'fused':
             b, s = ds.labels(int(r))
             keep = np.asarray(s) >= min_label_score
+            if label_support:
+                keep &= ds.label_support(int(r))[:, [MODALITIES.index(m) for m in label_support]].all(axis=1)
             b, s = np.asarray(b)[keep], np.asarray(s)[keep]
         else:
             b, s = ds.teacher_boxes(int(r), targets)
@@ -395,8 +397,9 @@ def train(cfg: TrainConfig, dataset_dir: Path, out_dir: Path, init: Optional[str
     count_head = CountingHead(model.encoder.cfg.embed_dim, cfg.pretext['max_count']) \
         if cfg.stage == 'pretext' else None
     targets = cfg.targets
-    refs_train = dict(zip(train_rows.tolist(), reference_frames(ds, train_rows, targets, cfg.min_label_score)))
-    refs_val = reference_frames(ds, val_rows, targets, cfg.min_label_score)
+    rule = (cfg.min_label_score, cfg.label_support)
+    refs_train = dict(zip(train_rows.tolist(), reference_frames(ds, train_rows, targets, *rule)))
+    refs_val = reference_frames(ds, val_rows, targets, *rule)
     mirror = mirror_plan(ds.index.get('geometry'), model.config.image_size[0], plan, ds.feature_groups) \
         if o['hflip'] else None
 

@@ -38,3 +38,11 @@ def test_min_label_score_out_of_range_is_one_error_line(tmp_path, capsys):
     rc = main(['ablate', '--dataset', str(tmp_path), '--out', str(tmp_path / 'out'), '--min-label-score', '1.5'])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and 'min-label-score' in err
+
+
+def test_unknown_label_support_is_one_error_line(tmp_path, capsys):
+    from mmdistill_training.cli import main
+    rc = main(['ablate', '--dataset', str(tmp_path), '--out', str(tmp_path / 'out'), '--label-support', 'sonar'])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and 'label-support' in err
+    assert not (tmp_path / 'out').exists()

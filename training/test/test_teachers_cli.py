@@ -265,3 +265,29 @@ def test_label_score_threshold_keeps_the_labels_that_stand_for_the_truth():
     low = next(r for r in table if r['threshold'] == 0.2)
     assert low['precision'] == pytest.approx(3 / 5) and low['recall'] == 1.0     # the ignored label is no FP
     assert [r['threshold'] for r in table if r['f1'] == 1.0] == [0.4, 0.45, 0.5, 0.55, 0.6]
+
+
+def test_label_rule_requires_the_teacher_that_tells_heard_vehicles_from_silent_ones():
+    """Labels on silent parked cars score as high as those on running ones, so no threshold
+    removes them; only the thermal teacher (a parked car sits at road temperature) does not support
+    them. The rule picks thermal support and keeps every right label; without a requirement the
+    best F1 is lower."""
+    from mmdistill_training.commands.teachers import label_rule
+    rng = np.random.default_rng(1)
+    fused, truths = [], []
+    for _ in range(20):
+        gt = rng.uniform(0, 300, (2, 2))
+        gt = np.concatenate([gt, gt + 30], 1)
+        parked = rng.uniform(400, 600, (2, 2))
+        parked = np.concatenate([parked, parked + 30], 1)
+        scores = rng.uniform(0.6, 0.9, 4)
+        support = np.array([[1, 1, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]], bool)
+        fused.append({'boxes': np.concatenate([gt, parked]), 'scores': scores, 'support': support,
+                      'modalities': ('rgb', 'depth', 'thermal')})
+        truths.append({'boxes': gt})
+    thr, support, table = label_rule(fused, truths)
+    assert support == ('thermal',)
+    best = max((r for r in table if r['support'] == ['thermal']), key=lambda r: r['f1'])
+    assert best['f1'] == 1.0 and best['threshold'] == thr
+    assert max(r['f1'] for r in table if r['support'] == []) < 0.7
+    assert {tuple(r['support']) for r in table} == {(), ('rgb',), ('depth',), ('thermal',)}

@@ -191,3 +191,22 @@ def test_fused_targets_keep_the_labels_scored_at_least_min_label_score(dataset):
     assert 0 < sum(len(f['boxes']) for f in kept) < sum(len(f['boxes']) for f in every)
     with pytest.raises(ConfigError, match='min_label_score'):
         cfg(min_label_score=1.5)
+
+
+def test_fused_targets_keep_the_labels_the_named_teachers_support(dataset):
+    from mmdistill_training.dataset import DistillDataset
+    from mmdistill_training.trainer import reference_frames
+    ds = DistillDataset(dataset)
+    rows = ds.split_indices('train')
+    every = reference_frames(ds, rows, 'fused')
+    thermal = reference_frames(ds, rows, 'fused', 0.0, ['thermal'])
+    both = reference_frames(ds, rows, 'fused', 0.0, ['rgb', 'thermal'])
+    for r, a, t, b in zip(rows, every, thermal, both):
+        sup = ds.label_support(int(r))
+        np.testing.assert_array_equal(t['boxes'], a['boxes'][sup[:, 2]])
+        np.testing.assert_array_equal(b['boxes'], a['boxes'][sup[:, 0] & sup[:, 2]])
+    n = [sum(len(f['boxes']) for f in x) for x in (every, thermal, both)]
+    assert n[0] > n[1] > n[2] > 0, n
+    for bad in (['sonar'], 'thermal', ['thermal', 'thermal']):
+        with pytest.raises(ConfigError, match='label_support'):
+            cfg(label_support=bad)

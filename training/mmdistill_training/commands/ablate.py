@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--min-label-score', type=float, metavar='S',
                         help='fused pseudo-labels scored at least S are targets and the PL reference '
                              '(default: the training configs\' min_label_score)')
+    parser.add_argument('--label-support', nargs='*', choices=('rgb', 'depth', 'thermal'), metavar='TEACHER',
+                        help='only fused pseudo-labels these teachers support are targets and the PL reference '
+                             '(rgb, depth, thermal; none given: no requirement; default: the training configs\')')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
 
 
@@ -40,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f'--seeds must be >= 1, got {args.seeds}')
     summary = run_ablation(args.dataset, args.out, args.only, args.epochs, args.pretext_epochs,
                            progress=not args.quiet, split=args.split, seeds=list(range(args.seeds)),
-                           spectrogram_dataset=args.spectrogram_dataset, min_label_score=args.min_label_score)
+                           spectrogram_dataset=args.spectrogram_dataset, min_label_score=args.min_label_score,
+                           label_support=args.label_support)
     print((args.out / 'table.md').read_text())
     return 0

@@ -40,7 +40,7 @@ import numpy as np
 from mmdistill_common.errors import ConfigError, InputError
 from mmdistill_teachers import PRECISIONS
 
-__all__ = ['TeacherTrainConfig', 'init_directory', 'label_score_threshold', 'train_teachers', 'train_and_report',
+__all__ = ['TeacherTrainConfig', 'init_directory', 'label_rule', 'label_score_threshold', 'train_teachers', 'train_and_report',
            'predict_frames', 'evaluate_predictions', 'evaluate_teachers', 'ignored_gt', 'ap_table', 'fused_table', 'write_examples', 'write_report', 'add_arguments', 'run']
 
 METHODS_FUSED = ('fused_nms', 'fused_wbf')
@@ -481,6 +481,31 @@ def label_score_threshold(fused: Sequence[Mapping], truths: Sequence[Mapping],
     return best['threshold'], table
 
 
+def label_rule(fused: Sequence[Mapping], truths: Sequence[Mapping],
+               thresholds: Sequence[float] = LABEL_SCORE_THRESHOLDS, iou_threshold: float = 0.5):
+    """The pseudo-labels that best stand for the truth as student targets: a fused score threshold
+    (:func:`label_score_threshold`) and the teachers that must support a label, chosen together by
+    F1. Candidates: no requirement, or one teacher's support. Why: the array hears running engines;
+    RGB and depth also see parked cars (on the demo's train drives half the labels at the
+    calibrated score), while a parked car sits at road temperature for the thermal camera.
+    Returns ``(threshold, support, table)``, each table row with its ``support``."""
+    mods = tuple(fused[0]['modalities']) if fused and 'modalities' in fused[0] else ()
+    best, table = None, []
+    for sup in [()] + [(m,) for m in mods]:
+        cols = [mods.index(m) for m in sup]
+        sub = []
+        for f in fused:
+            keep = np.asarray(f['support'], bool).reshape(len(f['scores']), -1)[:, cols].all(axis=1)
+            sub.append({'boxes': np.asarray(f['boxes']).reshape(-1, 4)[keep], 'scores': np.asarray(f['scores'])[keep]})
+        thr, rows = label_score_threshold(sub, truths, thresholds, iou_threshold)
+        rows = [{'support': list(sup), **r} for r in rows]
+        table += rows
+        top = next(r for r in rows if r['threshold'] == thr)
+        if best is None or top['f1'] > best[2] + 1e-9:
+            best = (thr, sup, top['f1'])
+    return best[0], best[1], table
+
+
 def calibrate_fusion(predictions: Mapping[str, List[dict]], frames, iou_threshold: float = 0.5,
                      thresholds: Sequence[float] = CALIBRATION_THRESHOLDS, rounds: int = 2,
                      max_frames: int = CALIBRATION_MAX_FRAMES):
@@ -532,11 +557,11 @@ def calibrate_fusion(predictions: Mapping[str, List[dict]], frames, iou_threshol
     # strict: a target on a silent or hidden vehicle (an ignore region of the rule) is a wrong
     # target, since the student cannot hear it; counting it neither way kept 6 labels per frame
     # for 3.3 audible vehicles on the demo's val drives
-    label_thr, label_table = label_score_threshold(fused_predictions(predictions, config),
-                                                   [{'boxes': t['boxes']} for t in truths])
+    label_thr, label_sup, label_table = label_rule(fused_predictions(predictions, config),
+                                                  [{'boxes': t['boxes']} for t in truths])
     info = {'drives': sorted({f.drive for f in frames}), 'frames': len(frames), 'objective':
             'AP50 (headline rule) over all frames + worst AP50 over time of day, weather, ego motion',
-            'min_label_score': label_thr, 'label_scores': label_table,
+            'min_label_score': label_thr, 'label_support': list(label_sup), 'label_scores': label_table,
             'chosen': {'method': method, 'score_thresholds': thr, **score},
             'per_method': {k: {'score_thresholds': v[0], **v[1]} for k, v in best.items()}, 'search': search}
     return config, info
