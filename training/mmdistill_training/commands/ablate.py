@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--min-label-score', type=float, metavar='S',
                         help='fused pseudo-labels scored at least S are targets and the PL reference '
                              '(default: the training configs\' min_label_score)')
-    parser.add_argument('--label-support', nargs='*', choices=('rgb', 'depth', 'thermal'), metavar='TEACHER',
+    parser.add_argument('--label-support', nargs='*', metavar='TEACHER',
                         help='only fused pseudo-labels these teachers support are targets and the PL reference '
                              '(rgb, depth, thermal; none given: no requirement; default: the training configs\')')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
@@ -39,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f'--{flag.replace("_", "-")} must be >= 1, got {v}')
     if args.min_label_score is not None and not 0 <= args.min_label_score <= 1:
         raise ConfigError(f'--min-label-score must be in [0, 1], got {args.min_label_score}')
+    bad = [m for m in args.label_support or [] if m not in ('rgb', 'depth', 'thermal')]
+    if bad:
+        raise ConfigError(f'--label-support takes rgb, depth, thermal; got {bad[0]!r}')
     if args.seeds < 1:
         raise ConfigError(f'--seeds must be >= 1, got {args.seeds}')
     summary = run_ablation(args.dataset, args.out, args.only, args.epochs, args.pretext_epochs,
