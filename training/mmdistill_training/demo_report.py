@@ -146,8 +146,15 @@ def write_demo_report(out: Path, plan, quick: bool, drives: List[str], split: Di
     trep = out / 'teachers' / 'report.md'
     if trep.exists():
         md = trep.read_text()
-        L += [f'Trained on the train drives\' simulator ground truth, evaluated on the held-out drives '
-              f'([teachers/report.md](teachers/report.md)).', '']
+        how = next((ln for ln in md.splitlines()[1:] if ln.strip()), '')
+        L += [f'{how} ([teachers/report.md](teachers/report.md)).', '']
+        cal = (_json(out / 'teachers' / 'fusion.json') or {}).get('calibration', {})
+        if cal.get('min_label_score') is not None:
+            sup = cal.get('label_support') or []
+            L += [f'Student targets: fused labels scored ≥ {cal["min_label_score"]:g}'
+                  + (f', supported by the {" and ".join(sup)} teacher' if sup else '')
+                  + ' (chosen together by the labels\' F1 against the headline truth of the val drives; '
+                  'a label on a silent or hidden vehicle counts as wrong).', '']
         body = [ln for ln in md.splitlines() if ln.startswith('|')]
         L += body[:60] + ['']
     else:

@@ -234,6 +234,30 @@ def test_init_fine_tunes_the_given_teachers(trained, bags, tmp_path):
         assert info['config']['init'] == str(trained) and info['steps'] == 1
 
 
+def test_epochs_0_adopts_the_init_teachers_and_calibrates_the_fusion(trained, bags, tmp_path, capsys):
+    """--epochs 0 --init DIR: DIR's weights unchanged, no training frame, the fusion and the student
+    label rule calibrated on the val drives; without --init it is one error line."""
+    out = tmp_path / 'adopted'
+    rc = main(['teachers', 'train', '--bags', str(bags[0]), '--val-bags', *map(str, bags[1:]), '--out', str(out),
+               '--init', str(trained), '--epochs', '0', '--threads', '1', '--no-progress', '--examples', '0',
+               '--precision', 'fp32'])
+    assert rc == 0
+    before, after = load_teachers(trained), load_teachers(out)
+    for m in ('rgb', 'depth', 'thermal'):
+        for (k, a), b in zip(before[m].state_dict().items(), after[m].state_dict().values()):
+            assert torch.equal(a, b), k
+        assert read_metadata(out / f'{m}.safetensors')['training']['steps'] == 0
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert metrics['train_frames'] == 0 and metrics['val_frames'] > 0
+    assert 'min_label_score' in metrics['calibration'] and 'label_support' in metrics['calibration']
+    assert 'Adopted untrained' in (out / 'report.md').read_text()
+    capsys.readouterr()
+    rc = main(['teachers', 'train', '--bags', str(bags[0]), '--out', str(tmp_path / 'x'), '--epochs', '0',
+               '--no-progress'])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and 'init' in err
+
+
 def test_bad_init_exits_2_before_reading_bags(bags, tmp_path, capsys):
     rc = main(['teachers', 'train', '--bags', *map(str, bags), '--out', str(tmp_path / 'out'),
                '--init', str(tmp_path / 'nope'), '--no-progress'])

@@ -68,8 +68,10 @@ class TeacherTrainConfig:
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ConfigError(f'precision must be one of {PRECISIONS}, got {self.precision!r}')
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ConfigError('epochs and batch size must be >= 1 and lr > 0')
+        if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0:
+            raise ConfigError('epochs must be >= 0, batch size >= 1 and lr > 0')
+        if self.epochs == 0 and self.init is None:
+            raise ConfigError('epochs 0 (no training) needs init: the teachers to adopt as they are')
         if self.crop_width is not None and self.crop_width < 32:
             raise ConfigError(f'crop_width must be >= 32 px (or None for whole images), got {self.crop_width}')
         if not 0.0 <= self.min_visible <= 1.0:
@@ -100,17 +102,20 @@ def train_teachers(train_frames, modalities: Sequence[str], config: TeacherTrain
 
     Returns ``modality -> {'model', 'history', 'wall_s', 'frames', 'boxes', 'steps'}``. Training
     runs on random crops ``config.crop_width`` wide (whole images when they are not wider).
+    ``config.epochs`` 0 adopts the ``config.init`` teachers untrained (``train_frames`` unused).
     """
     import torch
 
     from mmdistill_teachers.detector import TeacherDetector
     from mmdistill_teachers.training import seed_everything, train_teacher, use_bf16
 
+    bf16 = use_bf16(config.precision)
+    if config.epochs == 0:
+        return {m: _adopted(m, config, bf16) for m in modalities}
     frames = _frames_of(train_frames)
     if not frames:
         raise InputError('no training frames')
     h, w = next(iter(frames[0].images.values())).shape[:2]
-    bf16 = use_bf16(config.precision)
     out = {}
     for m in modalities:
         if m not in frames[0].images:
@@ -145,6 +150,16 @@ def train_teachers(train_frames, modalities: Sequence[str], config: TeacherTrain
                   'frames': len(frames), 'boxes': int(sum(len(b) for b in boxes)),
                   'steps': len(hist['step_loss'])}
     return out
+
+
+def _adopted(modality: str, config: TeacherTrainConfig, bf16: bool) -> dict:
+    """The ``config.init`` teacher as it is, in :func:`train_teachers`'s result form (0 steps)."""
+    from mmdistill_teachers.weights import load_teacher, teacher_path
+    start = time.perf_counter()
+    model = load_teacher(teacher_path(init_directory(config.init), modality), modality=modality)
+    model.bf16_inference = bf16
+    return {'model': model.eval(), 'history': {'step_loss': [], 'loss': []}, 'wall_s': time.perf_counter() - start,
+            'bf16': bf16, 'frames': 0, 'boxes': 0, 'steps': 0}
 
 
 _FORKED: dict = {}
@@ -183,7 +198,7 @@ def train_and_predict(train_frames, val_frames, modalities: Sequence[str], confi
 
     mods = list(modalities)
     val = _frames_of(val_frames) if val_frames is not None else []
-    if jobs <= 1 or len(mods) == 1:
+    if jobs <= 1 or len(mods) == 1 or config.epochs == 0:
         trained = train_teachers(train_frames, mods, config, progress=progress)
         preds = predict_frames({m: t['model'] for m, t in trained.items()}, val, progress=progress) if val else {}
         return trained, preds
@@ -625,16 +640,18 @@ def rule_tables(rule_eval: Mapping[str, dict]) -> List[str]:
 
 def write_report(out: Path, info: dict, evaluation: Optional[dict], examples: Sequence[str],
                  rule_eval: Optional[Mapping[str, dict]] = None) -> Path:
+    adopted = info['config']['epochs'] == 0
     lines = ['# Teachers', '',
-             f"Trained on {len(info['train_drives'])} drives ({info['train_frames']} frames, stride "
-             f"{info['frame_stride']}), validated on {len(info['val_drives'])} drives "
+             (f"Adopted untrained from {info['config']['init']}" if adopted else
+              f"Trained on {len(info['train_drives'])} drives ({info['train_frames']} frames, stride "
+              f"{info['frame_stride']})") + ", validated on {len(info['val_drives'])} drives "
              f"({info.get('val_frames', 0)} frames). Split: {info['split_rule']}.", '',
              f"- train drives: {', '.join(info['train_drives'])}",
              f"- val drives: {', '.join(info['val_drives']) or 'none'}", '',
              '## Training', '',
              '| teacher | frames | target boxes | steps | final loss | wall (s) |', '|---|---|---|---|---|---|']
     for m, t in info['training'].items():
-        lines.append(f"| {m} | {t['frames']} | {t['boxes']} | {t['steps']} | {t['final_loss']:.3f} | "
+        lines.append(f"| {m} | {t['frames']} | {t['boxes']} | {t['steps']} | {_fmt(t['final_loss'])} | "
                      f"{t['wall_s']:.1f} |")
     cfg = info['config']
     lines += ['', f"Recipe: {cfg['epochs']} epochs (at most {cfg['max_steps']} steps), batch {cfg['batch_size']}, lr {cfg['lr']}, width "
@@ -763,7 +780,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help='held-out drives evaluated beside --val-bags but never used for calibration')
     p.add_argument('--modalities', nargs='+', default=['rgb', 'depth', 'thermal'],
                    choices=['rgb', 'depth', 'thermal'], help='teachers to train (default all three)')
-    p.add_argument('--epochs', type=int, default=d.epochs, help=f'epochs (default {d.epochs})')
+    p.add_argument('--epochs', type=int, default=d.epochs,
+                   help=f'epochs (default {d.epochs}); 0 with --init: adopt those teachers untrained, '
+                        'calibrate the fusion on --val-bags (the train bags are not read)')
     p.add_argument('--frame-stride', type=int, default=3, help='use every k-th camera frame (default 3)')
     p.add_argument('--val-stride', type=int, default=None, help='frame stride on val drives (default: --frame-stride)')
     p.add_argument('--batch-size', type=int, default=d.batch_size, help=f'batch size (default {d.batch_size})')
@@ -886,10 +905,10 @@ def train_command(args: argparse.Namespace) -> int:
     if not train_bags:
         raise InputError('no training drives left after the split')
 
-    train = read_frames(train_bags, mods, args.frame_stride, progress=progress)
+    train = read_frames(train_bags, mods, args.frame_stride, progress=progress) if cfg.epochs else FrameSet()
     val = read_frames(val_bags, mods, args.val_stride or args.frame_stride, progress=progress) \
         if val_bags else FrameSet()
-    if len(val) and val.image_size != train.image_size:
+    if len(val) and len(train) and val.image_size != train.image_size:
         raise InputError(f'val images are {val.image_size}, train images {train.image_size} (WxH)')
 
     metrics = train_and_report(train, val, args.out, mods, cfg, eval_min_height=args.eval_min_height,
@@ -948,7 +967,8 @@ def train_and_report(train, val, out: Path, modalities: Sequence[str], cfg: Teac
             'skipped': {**train.skipped}, 'training': {}}
     for m, t in trained.items():
         info['training'][m] = {'frames': t['frames'], 'boxes': t['boxes'], 'steps': t['steps'],
-                               'wall_s': round(t['wall_s'], 2), 'final_loss': t['history']['loss'][-1],
+                               'wall_s': round(t['wall_s'], 2),
+                               'final_loss': t['history']['loss'][-1] if t['history']['loss'] else None,
                                'loss': t['history']['loss']}
     out.mkdir(parents=True, exist_ok=True)
     save_fusion_config(fusion, out, _clean({k: v for k, v in (calibration or {'default': True}).items()
