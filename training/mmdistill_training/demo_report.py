@@ -46,6 +46,17 @@ def _last_json(log: Path) -> Optional[dict]:
         return None
 
 
+def _label_stats(logs: Path) -> Dict[str, dict]:
+    """Labelled drive -> the statistics ``mmdistill label`` printed (one bag, or ``{'bags': [...]}``)."""
+    out: Dict[str, dict] = {}
+    for log in sorted(logs.glob('label-*.log')):
+        obj = _last_json(log) or {}
+        for s in obj.get('bags', [obj]):
+            if s.get('out_bag'):
+                out[Path(s['out_bag']).name] = s
+    return out
+
+
 def _section(md: str, title_regex: str) -> List[str]:
     """Lines of the first Markdown section whose heading matches (without the heading)."""
     lines = md.splitlines()
@@ -172,8 +183,7 @@ def write_demo_report(out: Path, plan, quick: bool, drives: List[str], split: Di
                      f'{_f(r["ground_truth_all_visible"]["all"]["AP50"])} | '
                      f'{_f(r["ground_truth_shuffled"]["all"]["AP50"])} | {_f(sw) if name != "fused" else ""} |')
         L.append('')
-    label_stats = {d: _last_json(out / 'logs' / f'label-{d}.log') for d in drives}
-    ok = {d: s for d, s in label_stats.items() if s}
+    ok = _label_stats(out / 'logs')
     if ok:
         frames = sum(s['frames'] for s in ok.values())
         boxes = sum(s['boxes'] for s in ok.values())

@@ -146,3 +146,33 @@ def test_frame_stride_labels_every_kth_frame(data, tmp_path, capsys):
     assert got == frames[::4]
     assert label(data, tmp_path / 'bad', '--frame-stride', '0') == 2
     assert 'frame_stride' in capsys.readouterr().err
+
+
+def test_several_bags_label_into_one_directory(data, tmp_path, capsys):
+    """Several --bag: one labelled bag per input in --out, each as the single-bag run writes it, the
+    statistics of each printed; a clash of names or an existing output is one error line."""
+    import json
+    second = tmp_path / 'in' / 'again'
+    second.parent.mkdir()
+    shutil.copytree(data / 'sim', second)
+    single = tmp_path / 'single'
+    assert label(data, single) == 0
+    capsys.readouterr()
+    out = tmp_path / 'labelled'
+    assert main(['label', '--bag', str(data / 'sim'), str(second), '--teachers', str(data / 'teachers'),
+                 '--out', str(out), '--thresholds', THRESHOLDS, '--no-progress']) == 0
+    stats = json.loads(capsys.readouterr().out)['bags']
+    assert [s['out_bag'] for s in stats] == [str(out / 'sim'), str(out / 'again')]
+    assert [s['frames'] for s in stats] == [15, 15]
+    with BagReader(single) as r:
+        want = [parse_pseudo_label(m.msg).boxes.tolist() for m in r.read_all()[topics.PSEUDO_LABELS]]
+    for name in ('sim', 'again'):
+        with BagReader(out / name) as r:
+            assert [parse_pseudo_label(m.msg).boxes.tolist() for m in r.read_all()[topics.PSEUDO_LABELS]] == want
+    rc = main(['label', '--bag', str(data / 'sim'), str(second), '--teachers', str(data / 'teachers'),
+               '--out', str(out), '--no-progress'])
+    expect_error(capsys, rc, 'already exists')
+    rc = main(['label', '--bag', str(data / 'sim'), str(data / 'sim'), '--teachers', str(data / 'teachers'),
+               '--out', str(tmp_path / 'dup'), '--no-progress'])
+    expect_error(capsys, rc, 'unique')
+    assert not (tmp_path / 'dup').exists()

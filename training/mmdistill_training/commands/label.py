@@ -1,4 +1,6 @@
-"""``mmdistill label``: run the three teachers and the fusion over a bag -> labelled bag.
+"""``mmdistill label``: run the three teachers and the fusion over a bag -> labelled bag (or over
+several bags into a directory, loading the teachers once: the demo's workers each label their
+share of the drives in one process).
 
 The reusable part is :func:`mmdistill_training.labelling_offline.label_bag`; this module
 only parses arguments and prints the statistics as JSON.
@@ -14,10 +16,13 @@ from mmdistill_teachers import PRECISIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--bag', type=Path, required=True, help='input bag with audio and camera images')
+    parser.add_argument('--bag', type=Path, nargs='+', required=True,
+                        help='input bag(s) with audio and camera images; with several, --out is a directory '
+                             'that receives one labelled bag per input, named as the input (the teachers load once)')
     parser.add_argument('--teachers', type=Path, required=True,
                         help='teachers directory (DIR/rgb.safetensors, DIR/depth.safetensors, ...)')
-    parser.add_argument('--out', type=Path, required=True, help='labelled bag to create (must not exist)')
+    parser.add_argument('--out', type=Path, required=True,
+                        help='labelled bag to create (must not exist); with several --bag, the directory for them')
     parser.add_argument('--thresholds', default=None, metavar='T',
                         help="fusion score thresholds: one number for all teachers or "
                              "'rgb=0.5,depth=0.5,thermal=0.5' (default: the teachers directory's "
@@ -48,10 +53,16 @@ def run(args: argparse.Namespace) -> int:
 
     from ..labelling_offline import label_bag, parse_thresholds
 
-    if args.out.exists():
-        raise ConfigError(f'{args.out} already exists; choose a new bag path')
-    if not args.bag.exists():
-        raise ConfigError(f'input bag {args.bag} does not exist')
+    bags = list(args.bag)
+    names = [b.name for b in bags]
+    if len(set(names)) != len(names):
+        raise ConfigError('input bag directory names must be unique (they name the labelled bags)')
+    outs = [args.out] if len(bags) == 1 else [args.out / n for n in names]
+    for bag, out in zip(bags, outs):
+        if out.exists():
+            raise ConfigError(f'{out} already exists; choose a new bag path')
+        if not bag.exists():
+            raise ConfigError(f'input bag {bag} does not exist')
     calibrated = load_fusion_config(args.teachers) if args.teachers.is_dir() else None
     thresholds = parse_thresholds(args.thresholds) if args.thresholds is not None or calibrated is None \
         else dict(calibrated.score_thresholds)
@@ -60,9 +71,12 @@ def run(args: argparse.Namespace) -> int:
                           max_detections=args.max_detections)
     teachers = load_teachers(args.teachers, modalities=fusion.modalities, device=args.device)
     set_precision(teachers, args.precision)
-    stats = label_bag(args.bag, teachers, args.out, fusion, images=args.images, progress=not args.no_progress,
-                      batch_size=args.batch_size, slop=args.slop, storage=args.storage,
-                      frame_stride=args.frame_stride)
-    stats['precision'] = args.precision
-    print(json.dumps(stats, indent=2))
+    results = []
+    for bag, out in zip(bags, outs):      # a failing bag leaves the bags labelled before it complete
+        stats = label_bag(bag, teachers, out, fusion, images=args.images, progress=not args.no_progress,
+                          batch_size=args.batch_size, slop=args.slop, storage=args.storage,
+                          frame_stride=args.frame_stride)
+        stats['precision'] = args.precision
+        results.append(stats)
+    print(json.dumps(results[0] if len(bags) == 1 else {'bags': results}, indent=2))
     return 0
