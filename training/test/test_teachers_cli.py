@@ -309,6 +309,9 @@ def test_label_rule_requires_the_teacher_that_tells_heard_vehicles_from_silent_o
         fused.append({'boxes': np.concatenate([gt, parked]), 'scores': scores, 'support': support,
                       'modalities': ('rgb', 'depth', 'thermal')})
         truths.append({'boxes': gt})
+    fused.append({'boxes': np.zeros((0, 4)), 'scores': np.zeros(0), 'support': np.zeros((0, 3), bool),
+                  'modalities': ('rgb', 'depth', 'thermal')})          # a frame without labels
+    truths.append({'boxes': np.zeros((0, 4))})
     thr, support, table = label_rule(fused, truths)
     assert support == ('thermal',)
     best = max((r for r in table if r['support'] == ['thermal']), key=lambda r: r['f1'])

@@ -510,7 +510,7 @@ def label_rule(fused: Sequence[Mapping], truths: Sequence[Mapping],
         cols = [mods.index(m) for m in sup]
         sub = []
         for f in fused:
-            keep = np.asarray(f['support'], bool).reshape(len(f['scores']), -1)[:, cols].all(axis=1)
+            keep = np.asarray(f['support'], bool).reshape(len(f['scores']), len(mods))[:, cols].all(axis=1)
             sub.append({'boxes': np.asarray(f['boxes']).reshape(-1, 4)[keep], 'scores': np.asarray(f['scores'])[keep]})
         thr, rows = label_score_threshold(sub, truths, thresholds, iou_threshold)
         rows = [{'support': list(sup), **r} for r in rows]
