@@ -74,9 +74,13 @@ def main(argv=None) -> int:
     ap.add_argument('--jobs', type=int, default=2, help='simulations side by side')
     ap.add_argument('--precision', choices=('auto', 'fp32', 'bf16'), default='auto', help='teachers train --precision')
     ap.add_argument('--width', type=int, default=8, help='teachers train --width')
+    ap.add_argument('--rgb-steps', type=int, default=6000,
+                    help='then continue the RGB teacher this many steps on every frame (0: not); on the val '
+                         'drives, where RGB works, AP@0.5 0.905 -> 0.913 (and 0.848 -> 0.853 on the demo\'s)')
+    ap.add_argument('--rgb-lr', type=float, default=7e-4, help='peak learning rate of the RGB continuation')
     args = ap.parse_args(argv)
-    if args.steps < 1 or args.jobs < 1 or args.duration <= 0:
-        ap.error('--steps, --jobs and --duration must be positive')
+    if args.steps < 1 or args.jobs < 1 or args.duration <= 0 or args.rgb_steps < 0:
+        ap.error('--steps, --jobs and --duration must be positive, --rgb-steps >= 0')
     bags = args.work / 'bags'
     logs = args.work / 'logs'
     bags.mkdir(parents=True, exist_ok=True)
@@ -100,15 +104,28 @@ def main(argv=None) -> int:
                    '--epochs', 1000, '--max-steps', args.steps, '--frame-stride', args.frame_stride, '--val-stride', 2,
                    '--jobs', 3, '--precision', args.precision, '--width', args.width, '--force', '--no-progress'], logs / 'teachers.log')
 
+    # RGB is the teacher that needs it (small far vehicles): more steps, on every frame (memory allows
+    # one teacher's frames at stride 1), from the weights above
+    rgb = args.work / 'teachers-rgb'
+    if args.rgb_steps and not (rgb / 'rgb.safetensors').exists():
+        print(f'continuing the RGB teacher ({args.rgb_steps} steps)', flush=True)
+        mmdistill(['teachers', 'train', '--bags', *[bags / d[0] for d in plan if d[3] == 'train'],
+                   '--val-bags', *[bags / d[0] for d in plan if d[3] == 'val'], '--out', rgb, '--modalities', 'rgb',
+                   '--init', teachers, '--epochs', 1000, '--max-steps', args.rgb_steps, '--frame-stride', 1,
+                   '--val-stride', 2, '--lr', args.rgb_lr, '--precision', args.precision, '--threads', 1,
+                   '--force', '--no-progress'], logs / 'teachers-rgb.log')
+
     args.out.mkdir(parents=True, exist_ok=True)
     for m in ('rgb', 'depth', 'thermal'):
+        src = rgb if m == 'rgb' and args.rgb_steps else teachers
         for ext in ('safetensors', 'json'):
-            shutil.copy2(teachers / f'{m}.{ext}', args.out / f'{m}.{ext}')
+            shutil.copy2(src / f'{m}.{ext}', args.out / f'{m}.{ext}')
     manifest = {'what': 'teachers pretrained on simulated drives disjoint from the demo\'s (tools/pretrain_teachers.py)',
                 'command': 'python tools/pretrain_teachers.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
                 'train_drives': [{'name': n, 'scenario': s, 'seed': k} for n, s, k, sp in plan if sp == 'train'],
                 'val_drives': [{'name': n, 'scenario': s, 'seed': k} for n, s, k, sp in plan if sp == 'val'],
-                'duration_s': args.duration, 'frame_rate': args.frame_rate, 'steps': args.steps}
+                'duration_s': args.duration, 'frame_rate': args.frame_rate, 'steps': args.steps,
+                'rgb_continued': {'steps': args.rgb_steps, 'lr': args.rgb_lr, 'frame_stride': 1}}
     (args.out / 'manifest.json').write_text(json.dumps(manifest, indent=1) + '\n')
     print(f'installed the teachers in {args.out}', flush=True)
     return 0
