@@ -81,7 +81,9 @@ DEFAULTS: Dict[str, Any] = {
         'max_val_frames': 400,
     },
     'pretext': {'max_count': 4},
-    'eval': {'score_threshold': 0.05},
+    # operating_point: the student's publishing threshold, set on val against the references:
+    # f1 (highest F1) or count (as many boxes per frame as references)
+    'eval': {'score_threshold': 0.05, 'operating_point': 'f1'},
 }
 
 
@@ -190,6 +192,8 @@ def validate(raw: dict) -> TrainConfig:
         raise ConfigError(f'optim.hflip: true or false, got {o["hflip"]!r}')
     _num(cfg, 'pretext.max_count', lo=1, hi=32, integer=True)
     _num(cfg, 'eval.score_threshold', lo=0, hi=1)
+    if cfg['eval']['operating_point'] not in ('f1', 'count'):
+        raise ConfigError(f"eval.operating_point: f1 or count, got {cfg['eval']['operating_point']!r}")
     _num(cfg, 'seed', lo=0, integer=True)
     if not isinstance(cfg['model']['encoder'], dict):
         raise ConfigError('model.encoder: expected a mapping of EncoderConfig fields')

@@ -153,6 +153,26 @@ def test_torchrun_ddp_two_processes(dataset, tmp_path):
     assert meta['stage'] == 'distill'
 
 
+def test_f1_threshold_keeps_the_boxes_that_reproduce_the_references():
+    """Two frames, each with one reference: the right boxes score 0.6 and 0.5, a wrong one 0.55 and
+    junk below 0.3. Highest F1 (1.0) keeps exactly the right ones only if the cut may leave the
+    0.55 box in: F1 at 0.5 is 2*2/(2+3) = 0.8, at 0.575 (only the 0.6 box) 2/3; so the cut is
+    between 0.5 and the junk. Count matching (2 references) cuts between 0.55 and 0.5: one right
+    box and the wrong one. No reference: publish nothing; the floor holds."""
+    from mmdistill_training.trainer import count_matching_threshold, f1_threshold
+    ref = [{'boxes': np.array([[0, 0, 10, 10.]])}, {'boxes': np.array([[50, 50, 60, 60.]])}]
+    preds = [{'boxes': np.array([[0, 0, 10, 10], [100, 0, 110, 10], [200, 0, 210, 10.]]),
+              'scores': np.array([0.6, 0.55, 0.2])},
+             {'boxes': np.array([[50, 50, 60, 60], [300, 0, 310, 10.]]), 'scores': np.array([0.5, 0.25])}]
+    thr = f1_threshold(preds, ref)
+    assert 0.25 < thr < 0.5
+    assert 0.5 < count_matching_threshold([p['scores'] for p in preds], 2) < 0.55
+    assert f1_threshold(preds, [{'boxes': np.zeros((0, 4))}] * 2) == 1.0
+    assert 0.58 <= f1_threshold(preds, ref, floor=0.58) < 0.6     # only the 0.6 box is a candidate
+    with pytest.raises(ConfigError, match='operating_point'):
+        cfg(eval={'operating_point': 'median'})
+
+
 def test_count_matching_threshold_gives_the_reference_box_count():
     from mmdistill_training.trainer import count_matching_threshold
     scores = [np.array([0.9, 0.2, 0.1]), np.array([0.8, 0.7]), np.array([])]
