@@ -140,10 +140,11 @@ def run_ablation(dataset: Path, out: Path, names: Optional[Sequence[str]] = None
                           'with --features logmel,ild,gcc)')
     if not seeds:
         raise ConfigError('--seeds must name at least one seed')
-    labels: Dict[str, object] = {k: v for k, v in (('min_label_score', min_label_score),
-                                                   ('label_support', label_support)) if v is not None}
-    if 'label_support' in labels:
-        labels['label_support'] = list(labels['label_support'])
+    labels: Dict[str, object] = {}          # train-config overrides: the targets every row learns
+    if min_label_score is not None:
+        labels['min_label_score'] = min_label_score
+    if label_support is not None:
+        labels['label_support'] = list(label_support)
     rule = (labels.get('min_label_score', DEFAULTS['min_label_score']),
             labels.get('label_support', DEFAULTS['label_support']))
     rows = ds.split_indices(split)

@@ -592,15 +592,17 @@ def _f1_curve(preds: Sequence[dict], refs: Sequence[dict], floor: float,
     return sc[order], 2.0 * tp / (n_ref + np.arange(1, len(sc) + 1))
 
 
-def f1_threshold(preds: Sequence[dict], refs: Sequence[dict], floor: float = 0.05) -> float:
+def f1_threshold(preds: Sequence[dict], refs: Sequence[dict], floor: float = 0.05,
+                 curve: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> float:
     """The score threshold at which these frames' detections best reproduce ``refs`` (highest F1
-    at IoU 0.5), not below ``floor``; 1.0 (publish nothing) without any reference."""
+    at IoU 0.5), not below ``floor``; 1.0 (publish nothing) without any reference. ``curve``: their
+    :func:`_f1_curve`, when the caller has it already."""
     if not sum(len(r['boxes']) for r in refs):
         return 1.0
-    sc, f1 = _f1_curve(preds, refs, floor)
+    sc, f1 = curve if curve is not None else _f1_curve(preds, refs, floor)
     if not len(sc):
         return float(floor)
-    f1[:-1][sc[1:] == sc[:-1]] = -1.0              # a threshold cannot split boxes of equal score
+    f1 = np.where(np.r_[sc[1:] != sc[:-1], True], f1, -1.0)   # a threshold cannot split equal scores
     i = int(np.argmax(f1))
     below = sc[i + 1] if i + 1 < len(sc) else float(floor)
     return float(max(floor, 0.5 * (sc[i] + below)))
@@ -618,9 +620,9 @@ def _calibrate_checkpoint(out_dir: Path, ds: DistillDataset, val_rows: np.ndarra
     model, meta = load_checkpoint(out_dir)
     preds = predict_rows(model, ds, val_rows, channels, floor)
     target = int(sum(len(r['boxes']) for r in refs_val))
-    thr = count_matching_threshold([p['scores'] for p in preds], target, floor) if rule == 'count' \
-        else f1_threshold(preds, refs_val, floor)
     sc, f1 = _f1_curve(preds, refs_val, floor)
+    thr = count_matching_threshold([p['scores'] for p in preds], target, floor) if rule == 'count' \
+        else f1_threshold(preds, refs_val, floor, curve=(sc, f1))
     kept = int((sc >= thr).sum())
     n = len(preds) or 1
     point = {'rule': rule, 'score_threshold': thr, 'val_frames': len(preds),

@@ -266,6 +266,12 @@ def test_bad_init_exits_2_before_reading_bags(bags, tmp_path, capsys):
     assert not (tmp_path / 'out').exists()
 
 
+def _boxes(rng, n: int, lo: float, hi: float, side: float) -> np.ndarray:
+    """``n`` square boxes ``side`` px wide with corners uniform in [lo, hi)."""
+    corner = rng.uniform(lo, hi, (n, 2))
+    return np.concatenate([corner, corner + side], 1)
+
+
 def test_label_score_threshold_keeps_the_labels_that_stand_for_the_truth():
     """Right labels score >= 0.6, false ones < 0.38: every threshold in between has F1 1 and the
     lowest wins the tie; a label on an ignore region (a silent car) counts neither way."""
@@ -273,10 +279,8 @@ def test_label_score_threshold_keeps_the_labels_that_stand_for_the_truth():
     rng = np.random.default_rng(0)
     fused, truths = [], []
     for _ in range(20):
-        gt = rng.uniform(0, 300, (3, 2))
-        gt = np.concatenate([gt, gt + 30], 1)
-        junk = rng.uniform(400, 600, (2, 2))
-        junk = np.concatenate([junk, junk + 20], 1)
+        gt = _boxes(rng, 3, 0, 300, 30)
+        junk = _boxes(rng, 2, 400, 600, 20)
         ig = np.array([[700.0, 10, 740, 40]])
         boxes = np.concatenate([gt, junk, ig])
         scores = np.concatenate([rng.uniform(0.6, 0.9, 3), rng.uniform(0.2, 0.38, 2), [0.3]])
@@ -300,10 +304,8 @@ def test_label_rule_requires_the_teacher_that_tells_heard_vehicles_from_silent_o
     rng = np.random.default_rng(1)
     fused, truths = [], []
     for _ in range(20):
-        gt = rng.uniform(0, 300, (2, 2))
-        gt = np.concatenate([gt, gt + 30], 1)
-        parked = rng.uniform(400, 600, (2, 2))
-        parked = np.concatenate([parked, parked + 30], 1)
+        gt = _boxes(rng, 2, 0, 300, 30)
+        parked = _boxes(rng, 2, 400, 600, 30)
         scores = rng.uniform(0.6, 0.9, 4)
         support = np.array([[1, 1, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]], bool)
         fused.append({'boxes': np.concatenate([gt, parked]), 'scores': scores, 'support': support,
