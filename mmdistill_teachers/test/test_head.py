@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mmdistill_common.boxes import iou_matrix
-from mmdistill_teachers.head import (DetectionHead, assign_targets, attention_maps, cell_centers, decode,
+from mmdistill_teachers.head import (DetectionHead, TargetCache, assign_targets, attention_maps, cell_centers, decode,
                                      detection_loss, feature_sizes_for, giou_loss, sigmoid_focal_loss)
 
 IMG = (384, 128)
@@ -236,3 +236,23 @@ def test_attention_maps():
     a1 = attention_maps(f, r=1)
     assert torch.allclose(a1[0], torch.tensor([[[2.0, 1.0]]]))
     assert all(bool((m >= 0).all()) for m in a)
+
+
+def test_target_cache_equals_assign_targets_and_memoises():
+    rng = np.random.default_rng(3)
+    size, strides = (768, 256), (16, 32, 64)
+    images = []
+    for k in (0, 1, 3, 5, 2):
+        x1, y1 = rng.uniform(0, 700, k), rng.uniform(0, 200, k)
+        w, h = rng.uniform(2, 200, k), rng.uniform(2, 60, k)      # includes sub-stride (fallback) boxes
+        images.append(np.stack([x1, y1, np.minimum(x1 + w, 768), np.minimum(y1 + h, 256)], axis=1))
+    mirrored = [np.stack([768 - b[:, 2], b[:, 1], 768 - b[:, 0], b[:, 3]], axis=1) for b in images]
+    cache = TargetCache(size, strides)
+    for batch in (images, mirrored[::-1], images[1:] + mirrored[:2]):
+        got, want = cache(batch), assign_targets(batch, size, strides)
+        assert set(got) == set(want)
+        for k in want:
+            assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k
+    assert len(cache) == len(images) + len(mirrored) - 1        # the two empty images share one entry
+    empty = cache([])
+    assert empty['pos'].shape[0] == 0

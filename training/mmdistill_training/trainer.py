@@ -40,7 +40,7 @@ from mmdistill_student.checkpoint import load_checkpoint, save_checkpoint
 from mmdistill_student.encoder import CountingHead, load_encoder_state_dict
 from mmdistill_student.frontend import mic_pairs
 from mmdistill_student.model import StudentConfig, StudentDetector, feature_groups
-from mmdistill_teachers.head import assign_targets, attention_maps, detection_loss
+from mmdistill_teachers.head import TargetCache, attention_maps, detection_loss
 
 from .dataset import DistillDataset
 from .losses import mta_loss, mta_loss_reference, ranking_loss
@@ -449,6 +449,7 @@ def train(cfg: TrainConfig, dataset_dir: Path, out_dir: Path, init: Optional[str
     info_base = {'stage': cfg.stage, 'train_config': cfg.to_dict(), 'channel_plan': plan.dataset_channels,
                  'dataset': {'path': str(Path(dataset_dir).resolve()), 'content_hash': ds.content_hash},
                  'monitor': monitor}
+    targets = TargetCache(model.config.image_size, model.config.strides)
     t_start = time.perf_counter()
     stopped_early = False
     for epoch in range(start_epoch, n_epochs):
@@ -478,7 +479,7 @@ def train(cfg: TrainConfig, dataset_dir: Path, out_dir: Path, init: Optional[str
                 parts = {'loss': float(loss.detach()), 'ce': float(loss.detach())}
             else:
                 outputs, pyramid = net(x)
-                tgt = assign_targets(boxes, model.config.image_size, model.config.strides)
+                tgt = targets(boxes)
                 det = detection_loss(outputs, tgt, alpha=0.25, gamma=2.0, focal_weight=cfg.loss['focal_weight'],
                                      box_weight=cfg.loss['box_weight'],
                                      centerness_weight=cfg.loss['centerness_weight'])
