@@ -70,12 +70,15 @@ def timeit(fn, repeats: int, warmup: int = 3) -> dict:
 
 def acoustic_variant() -> dict:
     """StudentConfig fields of ours: the acoustic image over the columns of the benchmark world's
-    camera (town scenarios), read by the column-equivariant encoder (student.yaml's head)."""
+    camera (town scenarios), read by the column-equivariant encoder, with the shipped student
+    config's model section (student.yaml: encoder, strides, head, decoding), so the benchmark
+    follows that file."""
     from mmdistill_training.dataset_build import ACOUSTIC_HOP, scenario_geometry
+    from mmdistill_training.train_config import load_train_config
     g = scenario_geometry('town-day-static', 8)
     w, h = g['camera']['width'], g['camera']['height']
     return {'frontend': {'kind': 'acoustic_image', 'hop': ACOUSTIC_HOP, 'columns': w // 8, 'geometry': g},
-            'image_size': (w, h), 'head_convs': 0}
+            'image_size': (w, h), **load_train_config('student').student_fields()}
 
 
 def bench_variant(name: str, student: dict, repeats: int, tmp: Path) -> dict:
@@ -91,7 +94,8 @@ def bench_variant(name: str, student: dict, repeats: int, tmp: Path) -> dict:
     window = (0.05 * rng.standard_normal((fe.channels, fe.window_samples))).astype(np.float32)
     with torch.no_grad():
         feats = model.select(model.frontend(window))
-    res = {'frontend': frontend, 'feature_shape': list(feats.shape[1:])}
+    res = {'frontend': frontend, 'feature_shape': list(feats.shape[1:]),
+           'model': {k: v for k, v in model.config.to_dict().items() if k not in ('frontend', 'class_names')}}
 
     # parameters and FLOPs of the network for one window
     from torch.utils.flop_counter import FlopCounterMode

@@ -144,6 +144,10 @@ class AcousticImage(torch.nn.Module):
         bot = np.concatenate([ai, ar], axis=2)                                # im(Y)
         steer = np.concatenate([top, bot], axis=1).transpose(0, 2, 1)          # (K, 2M, 2D)
         self.register_buffer('steer', torch.from_numpy(steer.astype(np.float32)), persistent=False)
+        # the same rows interleaved per microphone, [Xr_0, Xi_0, Xr_1, ...]: the order in which
+        # stacking the real and imaginary parts on a last axis lays a frame out (no transpose)
+        order = np.stack([np.arange(channels), channels + np.arange(channels)], axis=1).ravel()
+        self.register_buffer('steer_interleaved', self.steer[:, order].contiguous(), persistent=False)
         band = np.zeros((self.hi - self.lo, self.n_bands), np.float32)        # bin -> band mean
         for b, (a, c) in enumerate(bands):
             band[a:c, b] = 1.0 / (c - a)
@@ -158,16 +162,20 @@ class AcousticImage(torch.nn.Module):
         """Real/imaginary STFT frames ``(B, M, T, F)`` -> ``(B, 2 * n_bands, columns, T)``.
 
         One batched matmul per bin steers the raw and the PHAT-normalised frames together; one
-        matmul averages the beam powers over each band's bins."""
+        matmul averages the beam powers over each band's bins. Laid out for few frames (a
+        streaming step's ~7): each frame's ``[Xr_m, Xi_m]`` pairs stay adjacent (the PHAT
+        magnitude broadcasts over them, the steering rows are interleaved to match), so the only
+        copy of the frames is the one that puts the bins first."""
         B, M, T, _ = re.shape
         D, N = self.columns, B * T
-        x = torch.cat([re[..., self.lo:self.hi], im[..., self.lo:self.hi]], dim=1)   # (B, 2M, T, K)
-        x = x.permute(3, 0, 2, 1).reshape(-1, N, 2 * M)                             # (K, N, 2M)
-        mag = torch.sqrt(x[..., :M] ** 2 + x[..., M:] ** 2) + self.eps
-        z = torch.cat([x / mag.repeat(1, 1, 2), x], dim=1)                          # (K, 2N, 2M)
-        y = torch.bmm(z, self.steer)                                                 # (K, 2N, 2D)
-        power = y[..., :D] ** 2 + y[..., D:] ** 2                                    # (K, 2N, D)
-        band = (self.band_mean.T @ power.reshape(power.shape[0], -1)).view(-1, 2, N, D)   # (nb, 2, N, D)
+        xr, xi = re[..., self.lo:self.hi], im[..., self.lo:self.hi]                 # (B, M, T, K)
+        mag = torch.sqrt(xr * xr + xi * xi) + self.eps
+        z = torch.stack([xr / mag, xi / mag, xr, xi], dim=-1).view(B, M, T, -1, 2, 2)  # (.., K, phat/raw, re/im)
+        z = z.permute(3, 4, 0, 2, 1, 5).reshape(-1, 2 * N, 2 * M)                      # (K, 2N, 2M)
+        y = torch.bmm(z, self.steer_interleaved).square_()                            # (K, 2N, 2D)
+        # band means of the squared real and imaginary parts, added after (fewer passes over y)
+        band = (self.band_mean.T @ y.view(y.shape[0], -1)).view(-1, 2, N, 2 * D)     # (nb, 2, N, 2D)
+        band = band[..., :D] + band[..., D:]                                           # (nb, 2, N, D)
         m = self.m
         srp = (band[:, 0] - m) / (m * (m - 1))
         das = 10.0 * torch.log10(band[:, 1] / (m * m) + 1e-10)

@@ -400,15 +400,25 @@ class AudioRingBuffer:
     def read(self, start: int, n: int) -> Optional[np.ndarray]:
         """Samples ``[start, start + n)`` of the current segment as float32 ``(channels, n)``,
         or ``None`` if not all of them are buffered."""
-        if not self.started or start < self.start_index or start + n > self._count or n <= 0:
+        if not self.holds(start, n) or n <= 0:
             return None
+        out = np.empty((self.channels, n), np.float32)
+        self.copy_into(start, out)
+        return out
+
+    def holds(self, start: int, n: int) -> bool:
+        """Whether samples ``[start, start + n)`` of the current segment are all buffered."""
+        return self.started and start >= self.start_index and start + n <= self._count
+
+    def copy_into(self, start: int, out: np.ndarray) -> None:
+        """Copy samples ``[start, start + out.shape[1])`` (buffered: see :meth:`holds`) into
+        ``out`` ``(channels, n)``."""
+        n = out.shape[1]
         pos = start % self.capacity
         first = min(n, self.capacity - pos)
-        out = np.empty((self.channels, n), np.float32)
         out[:, :first] = self._buf[pos:pos + first].T
         if first < n:
             out[:, first:] = self._buf[:n - first].T
-        return out
 
     def window_start(self, stamp_ns: int, mode: str, n_samples: int) -> int:
         """Segment index of the first sample of the window for ``stamp_ns``."""
@@ -650,18 +660,59 @@ class StreamingFrontend:
         self._cache: Dict[int, Tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
         self._segment = None
         self.frames_computed = 0          # STFT frames computed so far (for tests/benchmarks)
-        self.last_window: Optional[np.ndarray] = None
+        self._last_window: Optional[np.ndarray] = None
+        self._window_at: Optional[Tuple[int, int, int]] = None   # (segment, start, n) not yet read
+        # acoustic image: the columns of segment frame j in slot j % T and again in slot j % T + T,
+        # so that every window's T frames are one contiguous slice; _col_frame[j % T] == j when
+        # the slot holds interior frame j (edge frames depend on their window: never reused)
+        T = self.cfg.n_frames
+        self._interior = np.arange(self._k_lo, self._k_hi + 1)
+        self._edges = (np.arange(0, self._k_lo), np.arange(self._k_hi + 1, T))
+        self._cols: Optional[np.ndarray] = None
+        self._col_frame = np.full(T, -1, np.int64)
+
+    @property
+    def last_window(self) -> Optional[np.ndarray]:
+        """The samples ``(channels, N)`` of the last window computed (the acoustic image reads
+        only the samples of the frames it computes; the window is read from the buffer on first
+        access, or before a push would drop it)."""
+        if self._window_at is not None:
+            seg, start, n = self._window_at
+            if seg == self.buffer.segment_id and self.buffer.holds(start, n):
+                self._last_window = self.buffer.read(start, n)
+            self._window_at = None
+        return self._last_window
+
+    def _keep_window(self, chunk, stamp_ns: int) -> None:
+        """Read the last window out of the buffer if pushing ``chunk`` may drop its samples
+        (a gap restarts the segment; a long run of audio overwrites them)."""
+        buf, (_, start, _) = self.buffer, self._window_at
+        c = self.cfg.channels
+        if isinstance(chunk, (bytes, bytearray, memoryview)):
+            n_new = memoryview(chunk).nbytes // (2 * c)
+        else:
+            n_new = int(np.size(chunk)) // c
+        if not buf.started or buf.end_index + n_new - buf.capacity > start \
+                or int(stamp_ns) - buf._expected_ns > buf.tolerance_ns:
+            self.last_window        # noqa: B018 (reads it)
+
+    def _clear_cache(self) -> None:
+        self._cache.clear()
+        self._col_frame.fill(-1)
 
     def push(self, chunk, stamp_ns: int) -> PushResult:
+        if self._window_at is not None:
+            self._keep_window(chunk, stamp_ns)
         res = self.buffer.push(chunk, stamp_ns)
         if self.buffer.segment_id != self._segment:
-            self._cache.clear()
+            self._clear_cache()
             self._segment = self.buffer.segment_id
         return res
 
     def reset(self) -> None:
+        self.last_window            # noqa: B018 (reads a pending window before it is dropped)
         self.buffer.reset()
-        self._cache.clear()
+        self._clear_cache()
 
     @torch.no_grad()
     def compute(self, stamp_ns: int, mode: Optional[str] = None
@@ -678,13 +729,14 @@ class StreamingFrontend:
         start = int(round(start / cfg.hop)) * cfg.hop
         if start + n > buf.end_index:       # rounded past the newest sample: snap down instead
             start -= cfg.hop
-        x = buf.read(start, n)
-        if x is None:
+        if not buf.holds(start, n):
             return None
-        self.last_window = x
-        lm = self.frontend.logmel
         if self.frontend.acoustic is not None:
-            return self._compute_acoustic(x, start, mode)
+            self._last_window, self._window_at = None, (buf.segment_id, start, n)
+            return self._compute_acoustic(start, mode)
+        x = buf.read(start, n)
+        self._last_window, self._window_at = x, None
+        lm = self.frontend.logmel
         want_spec = cfg.use_gccphat
         base = start // cfg.hop
         # interior frames: cached by segment frame index
@@ -719,37 +771,44 @@ class StreamingFrontend:
         at = start + n if mode == 'causal' else start + n // 2
         return feats, buf.index_to_stamp(at)
 
-    def _compute_acoustic(self, x: np.ndarray, start: int, mode: str) -> Tuple[np.ndarray, int]:
-        """Acoustic image of the window at ``start``: interior frames' columns are cached (each
-        100-ms step computes only the new frames), edge frames recomputed."""
-        cfg, fe = self.cfg, self.frontend
+    def _compute_acoustic(self, start: int, mode: str) -> Tuple[np.ndarray, int]:
+        """Acoustic image of the window at ``start``: interior frames' columns are kept (each
+        100-ms step computes only the new frames), edge frames recomputed; the samples of the
+        frames computed are the only ones read, and all of them go through one
+        :meth:`AcousticImage.forward_parts` call."""
+        cfg, fe, buf = self.cfg, self.frontend, self.buffer
         lm, ai = fe.logmel, fe.acoustic
-        base = start // cfg.hop
-        missing = [k for k in range(self._k_lo, self._k_hi + 1) if base + k not in self._cache]
-        if missing:
-            half = cfg.n_fft // 2
-            idx = torch.tensor(missing) * cfg.hop - half
-            frames = torch.from_numpy(x)[:, idx[:, None] + torch.arange(cfg.n_fft)]   # (C, m, n_fft)
-            img = ai(lm.spectra(frames)[None])[0]                                     # (2B, D, m)
-            for i, k in enumerate(missing):
-                self._cache[base + k] = img[..., i]
-            self.frames_computed += len(missing)
-        edge = list(range(0, self._k_lo)) + list(range(self._k_hi + 1, cfg.n_frames))
-        half, n = cfg.n_fft // 2, x.shape[1]
-        segs = np.zeros((x.shape[0], len(edge), cfg.n_fft), np.float32)    # zero-padded edge frames only
-        for i, k in enumerate(edge):
-            a = k * cfg.hop - half
-            lo, hi = max(0, a), min(n, a + cfg.n_fft)
-            segs[:, i, lo - a:hi - a] = x[:, lo:hi]
-        e_img = ai(lm.spectra(torch.from_numpy(segs))[None])[0]
-        self.frames_computed += len(edge)
-        cols: List[Optional[torch.Tensor]] = [None] * cfg.n_frames
-        for i, k in enumerate(edge):
-            cols[k] = e_img[..., i]
-        for k in range(self._k_lo, self._k_hi + 1):
-            cols[k] = self._cache[base + k]
-        for key in [key for key in self._cache if key < base + self._k_lo]:
-            del self._cache[key]
-        feats = fe._normalized(torch.stack(cols, dim=-1)[None])[0].numpy()
-        at = start + cfg.window_samples if mode == 'causal' else start + cfg.window_samples // 2
-        return feats, self.buffer.index_to_stamp(at)
+        hop, n_fft, T, n = cfg.hop, cfg.n_fft, cfg.n_frames, cfg.window_samples
+        half = n_fft // 2
+        base = start // hop
+        if self._cols is None:
+            self._cols = np.zeros((ai.out_channels, ai.columns, 2 * T), np.float32)
+        ks = self._interior
+        have = self._col_frame[(base + ks) % T] == base + ks
+        need = np.concatenate([self._edges[0], ks[~have], self._edges[1]])       # increasing
+        # each run of consecutive frames: one slice of samples (zero outside the window), framed
+        parts = []
+        for run in np.split(need, np.flatnonzero(np.diff(need) != 1) + 1):
+            a, b = int(run[0]) * hop - half, int(run[-1]) * hop - half + n_fft  # window-relative
+            lo, hi = max(a, 0), min(b, n)
+            seg = np.empty((cfg.channels, b - a), np.float32)
+            seg[:, :lo - a] = 0.0
+            seg[:, hi - a:] = 0.0
+            buf.copy_into(start + lo, seg[:, lo - a:hi - a])
+            parts.append(torch.from_numpy(seg).unfold(-1, n_fft, hop))
+        frames = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)      # (C, m, n_fft)
+        spec = lm.spectra(frames[None])
+        img = ai.forward_parts(spec.real, spec.imag)[0].numpy()                # (2B, D, m)
+        slots = (base + need) % T
+        self._cols[..., slots] = img
+        self._cols[..., slots + T] = img
+        self._col_frame[slots] = np.where((need >= self._k_lo) & (need <= self._k_hi), base + need, -1)
+        self.frames_computed += len(need)
+        p = base % T
+        win = self._cols[..., p:p + T]
+        if fe.normalize:
+            feats = (win - fe.mean.numpy()[:, None, None]) / fe.std.numpy()[:, None, None]
+        else:
+            feats = win.copy()
+        at = start + n if mode == 'causal' else start + n // 2
+        return feats, buf.index_to_stamp(at)

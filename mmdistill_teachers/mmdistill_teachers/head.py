@@ -43,7 +43,7 @@ from mmdistill_common.boxes import as_boxes, clip as clip_boxes, nms
 __all__ = [
     'DEFAULT_STRIDES', 'DEFAULT_SIZE_RANGES', 'DetectionHead', 'Scale',
     'feature_sizes_for', 'cell_centers', 'flatten_outputs', 'assign_targets',
-    'sigmoid_focal_loss', 'giou_loss', 'detection_loss', 'decode',
+    'sigmoid_focal_loss', 'giou_loss', 'detection_loss', 'decode', 'decode_flat',
     'attention_maps', 'group_norm',
 ]
 
@@ -502,43 +502,73 @@ def decode(outputs: Dict[str, object], score_threshold: float = 0.3, nms_iou: fl
     Returns numpy arrays: boxes float32 (N, 4) xyxy pixels, scores float32 (N,),
     labels int64 (N,) class indices.
     """
-    strides = outputs['strides']
-    img_w, img_h = outputs['image_size']
-    cls_maps, box_maps = outputs['cls_logits'], outputs['box_ltrb']
+    def flat(maps):
+        return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)
+
     ctr_maps = outputs.get('centerness')
-    bsz = cls_maps[0].shape[0]
-    feature_sizes = [tuple(int(v) for v in m.shape[-2:]) for m in cls_maps]
-    points, _, plevel = cell_centers(feature_sizes, strides)
-    starts = np.concatenate([[0], np.cumsum([h * w for h, w in feature_sizes])])
+    feature_sizes = [tuple(int(v) for v in m.shape[-2:]) for m in outputs['cls_logits']]
+    return decode_flat(flat(outputs['cls_logits']), flat(outputs['box_ltrb']),
+                       flat(ctr_maps)[..., 0] if ctr_maps is not None else None,
+                       feature_sizes, outputs['strides'], outputs['image_size'], score_threshold=score_threshold,
+                       nms_iou=nms_iou, max_detections=max_detections, pre_nms_top_k=pre_nms_top_k,
+                       class_agnostic_nms=class_agnostic_nms)
+
+
+_CENTERS: Dict[tuple, np.ndarray] = {}
+
+
+def _points(feature_sizes: Sequence[Tuple[int, int]], strides: Sequence[int]) -> np.ndarray:
+    """:func:`cell_centers`' points, kept per grid (read-only)."""
+    key = (tuple(tuple(int(v) for v in hw) for hw in feature_sizes), tuple(float(s) for s in strides))
+    pts = _CENTERS.get(key)
+    if pts is None:
+        pts = cell_centers(feature_sizes, strides)[0]
+        pts.setflags(write=False)
+        if len(_CENTERS) >= 64:
+            _CENTERS.clear()
+        _CENTERS[key] = pts
+    return pts
+
+
+def decode_flat(cls_logits, box_ltrb, centerness, feature_sizes: Sequence[Tuple[int, int]],
+                strides: Sequence[int], image_size: Tuple[int, int], score_threshold: float = 0.3,
+                nms_iou: float = 0.5, max_detections: int = 100, pre_nms_top_k: int = 200,
+                class_agnostic_nms: bool = False) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`decode` of the flattened head outputs (:func:`flatten_outputs`' layout, the ONNX
+    export's): ``cls_logits (B, N, K)``, ``box_ltrb (B, N, 4)``, ``centerness (B, N)`` or None,
+    torch tensors or numpy arrays, cells level by level (row-major within a level)."""
+    img_w, img_h = image_size
+    cls = torch.as_tensor(cls_logits)
+    prob = torch.sigmoid(cls.float())                                           # (B, N, K)
+    if centerness is not None:
+        prob = torch.sqrt(prob * torch.sigmoid(torch.as_tensor(centerness).float())[..., None])
+    prob = prob.cpu().numpy()
+    ltrb = box_ltrb.float().cpu().numpy() if torch.is_tensor(box_ltrb) else np.asarray(box_ltrb, np.float32)
+    points = _points(feature_sizes, strides)
+    starts = np.cumsum([0] + [h * w for h, w in feature_sizes])
     results = []
-    for bi in range(bsz):
-        all_b, all_s, all_l = [], [], []
-        for lv in range(len(cls_maps)):
-            k = cls_maps[lv].shape[1]
-            prob = torch.sigmoid(cls_maps[lv][bi].float()).reshape(k, -1).t()       # (n, K)
-            if ctr_maps is not None:
-                pc = torch.sigmoid(ctr_maps[lv][bi].float()).reshape(-1, 1)
-                prob = torch.sqrt(prob * pc)
-            prob = prob.cpu().numpy()
-            cell, lab = np.nonzero(prob >= score_threshold)
-            if len(cell) == 0:
-                continue
-            sc = prob[cell, lab]
-            if len(sc) > pre_nms_top_k:
-                top = np.argsort(-sc, kind='stable')[:pre_nms_top_k]
-                cell, lab, sc = cell[top], lab[top], sc[top]
-            d = box_maps[lv][bi].float().reshape(4, -1).t().cpu().numpy()[cell]
-            p = points[starts[lv] + cell]
-            bx = np.concatenate([p - d[:, :2], p + d[:, 2:]], axis=1)
-            all_b.append(bx)
-            all_s.append(sc)
-            all_l.append(lab)
-        if not all_b:
+    for bi in range(prob.shape[0]):
+        cell, lab = np.nonzero(prob[bi] >= score_threshold)                   # level by level
+        if len(cell) == 0:
             results.append((np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)))
             continue
-        bx = clip_boxes(np.concatenate(all_b), img_w, img_h)
-        sc = np.concatenate(all_s).astype(np.float64)
-        lab = np.concatenate(all_l).astype(np.int64)
+        sc = prob[bi][cell, lab]
+        if len(sc) > pre_nms_top_k:
+            # at most pre_nms_top_k per level: that level's best (stable), in score order
+            bounds = np.searchsorted(cell, starts)
+            sel = []
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                if hi - lo > pre_nms_top_k:
+                    sel.append(lo + np.argsort(-sc[lo:hi], kind='stable')[:pre_nms_top_k])
+                else:
+                    sel.append(np.arange(lo, hi))
+            sel = np.concatenate(sel)
+            cell, lab, sc = cell[sel], lab[sel], sc[sel]
+        d = ltrb[bi][cell]
+        p = points[cell]
+        bx = clip_boxes(np.concatenate([p - d[:, :2], p + d[:, 2:]], axis=1), img_w, img_h)
+        sc = sc.astype(np.float64)
+        lab = lab.astype(np.int64)
         if class_agnostic_nms:
             keep = nms(bx, sc, nms_iou)
         else:

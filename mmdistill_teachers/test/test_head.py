@@ -256,3 +256,23 @@ def test_target_cache_equals_assign_targets_and_memoises():
     assert len(cache) == len(images) + len(mirrored) - 1        # the two empty images share one entry
     empty = cache([])
     assert empty['pos'].shape[0] == 0
+
+
+def test_decode_flat_equals_decode_of_the_level_maps():
+    """decode_flat (the ONNX student's flat outputs, numpy) gives decode's detections, with the
+    per-level pre-NMS cap in force."""
+    from mmdistill_teachers.head import decode_flat, flatten_outputs
+    torch.manual_seed(0)
+    sizes, strides = [(8, 24), (4, 12), (2, 6)], (16, 32, 64)
+    outs = {'cls_logits': [torch.randn(2, 2, h, w) for h, w in sizes],
+            'box_ltrb': [torch.rand(2, 4, h, w) * 80 for h, w in sizes],
+            'centerness': [torch.randn(2, 1, h, w) for h, w in sizes], 'strides': strides, 'image_size': (384, 128)}
+    f = flatten_outputs(outs)
+    for kw in ({'score_threshold': 0.2, 'pre_nms_top_k': 30}, {'score_threshold': 0.5, 'class_agnostic_nms': True}):
+        a = decode(outs, **kw)
+        b = decode_flat(f['cls'].numpy(), f['ltrb'].numpy(), f['ctr'].numpy(), f['feature_sizes'], strides,
+                        (384, 128), **kw)
+        for x, y in zip(a, b):
+            assert len(x[0]) > 0
+            for u, v in zip(x, y):
+                np.testing.assert_array_equal(u, v)

@@ -234,12 +234,14 @@ class OnnxStudent:
 
     def predict_features(self, features, score_threshold: Optional[float] = None,
                          nms_iou: Optional[float] = None) -> List[dict]:
-        from mmdistill_teachers.head import decode
+        from mmdistill_teachers.head import decode_flat
         c = self.config
-        dets = decode(self.head_outputs(self.run(features)),
-                      score_threshold=c.score_threshold if score_threshold is None else score_threshold,
-                      nms_iou=c.nms_iou if nms_iou is None else nms_iou,
-                      max_detections=c.max_detections, class_agnostic_nms=True)
+        raw = self.run(features)            # decoded flat (as decode does with head_outputs(raw))
+        dets = decode_flat(raw['cls_logits'], raw['box_ltrb'], raw.get('centerness'), self.feature_sizes,
+                           self.strides, self.image_size,
+                           score_threshold=c.score_threshold if score_threshold is None else score_threshold,
+                           nms_iou=c.nms_iou if nms_iou is None else nms_iou,
+                           max_detections=c.max_detections, class_agnostic_nms=True)
         return [{'boxes': b, 'scores': s, 'labels': l} for b, s, l in dets]
 
     @property
