@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from mmdistill_common.errors import ConfigError, InputError
+from mmdistill_teachers.head import _MAX_EXP
 
 __all__ = ['FORMAT', 'FORMAT_VERSION', 'INPUT_NAME', 'OUTPUT_NAMES', 'export_onnx', 'export_checkpoint',
            'metadata_path_for', 'OnnxStudent']
@@ -59,6 +60,156 @@ class _FlatHead(nn.Module):
         if outputs.get('centerness') is not None:
             flat.append(torch.cat([m.flatten(1) for m in outputs['centerness']], dim=1))
         return tuple(flat)
+
+
+class _ColumnEncoderExport(nn.Module):
+    """:class:`~mmdistill_student.column_encoder.ColumnEncoder` (eval mode) with its constants folded
+    for export, equal up to float rounding: the input BatchNorm runs after the time pooling (both
+    are per-channel affine / averaging, so they commute; the BN then touches ``time_pool`` times
+    fewer values); the position code's share of ``position_mix`` is a constant map added after
+    the conv (no batch-sized Expand/Concat); ``row_pos`` and the P3 BatchNorm are folded into
+    ``to_rows``; reshapes use constant shapes. Reads the module's parameters at build time."""
+
+    def __init__(self, enc: nn.Module):
+        super().__init__()
+        self.enc = enc
+        cfg = enc.cfg
+        (h3, w3), _, _ = cfg.level_shapes()
+        self.h3, self.w3, self.o = int(h3), int(w3), int(cfg.out_channels)
+
+        def bn_affine(bn):
+            a = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+            return a, bn.bias.detach() - bn.running_mean * a
+
+        with torch.no_grad():
+            self.position = bool(cfg.position)
+            if self.position:
+                conv, bn = enc.position_mix[0], enc.position_mix[1]
+                w = conv.weight.detach()[:, :, 0]                       # (C, C + P)
+                c = w.shape[0]
+                a, b = bn_affine(bn)
+                self.register_buffer('pos_w', (w[:, :c] * a[:, None])[:, :, None].clone())
+                self.register_buffer('pos_map', (a[:, None] * (w[:, c:] @ enc.column_code[0]) + b[:, None])[None].clone())
+            a, b = bn_affine(enc.p3[0])                                 # per output channel o
+            a_r, b_r = a.repeat_interleave(self.h3), b.repeat_interleave(self.h3)   # per to_rows channel
+            row = enc.row_pos.detach().reshape(-1)                      # (O * h3,), channel o * h3 + r
+            self.register_buffer('rows_w', (enc.to_rows.weight.detach() * a_r[:, None, None]).clone())
+            self.register_buffer('rows_b', (a_r * (enc.to_rows.bias.detach() + row) + b_r).clone())
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        import torch.nn.functional as F
+        enc, cfg = self.enc, self.enc.cfg
+        if cfg.time_pool > 1:
+            x = F.avg_pool2d(x, (1, cfg.time_pool), ceil_mode=True)
+        x = enc.input_norm(x)
+        h = enc.readout(enc.stages(x)).squeeze(-1)                         # (B, C, columns)
+        h = F.relu(h + enc.context(h.mean(dim=2, keepdim=True)))
+        h = enc.columns_net(h)
+        if h.shape[-1] != self.w3:
+            h = F.avg_pool1d(h, h.shape[-1] // self.w3) if h.shape[-1] % self.w3 == 0 else \
+                F.interpolate(h, size=self.w3, mode='linear', align_corners=False)
+        if self.position:
+            h = F.relu(F.conv1d(h, self.pos_w) + self.pos_map)
+        g = F.conv1d(h, self.rows_w, self.rows_b)
+        p3 = F.relu(g.reshape(-1, self.o, self.h3, self.w3))
+        p4 = enc.p4(F.avg_pool2d(p3, 2))
+        p5 = enc.p5(F.avg_pool2d(p4, 2))
+        return [p3, p4, p5]
+
+
+#: the ColumnEncoder children _ColumnEncoderExport knows (any other structure is exported as is)
+_COLUMN_CHILDREN = {'input_norm', 'stages', 'readout', 'context', 'columns_net', 'dropout', 'position_mix',
+                    'to_rows', 'p3', 'p4', 'p5'}
+
+
+def _export_encoder(enc: nn.Module) -> nn.Module:
+    if type(enc).__name__ == 'ColumnEncoder' and {n for n, _ in enc.named_children()} <= _COLUMN_CHILDREN \
+            and not enc.training:
+        return _ColumnEncoderExport(enc)
+    return enc
+
+
+class _FusedFlatHead(nn.Module):
+    """Export form of :class:`_FlatHead`: the same outputs from a cheaper graph.
+
+    The head's output convs share their weights across levels, so per level the 3x3 convs that
+    read the same tower output (all three with ``head_convs`` 0, else box + centerness) run as one
+    conv with the weights concatenated along the output channels, the level's box ``Scale``
+    folded into the box rows (``s * conv(x, w, b) = conv(x, s w, s b)``, equal up to float
+    rounding). The per-level maps are flattened with constant shapes (no Shape/Slice chains) and
+    concatenated once, then split; the box stride is a constant per-cell vector. Built from a
+    model in eval mode; its parameters are snapshots (re-build after changing the model)."""
+
+    def __init__(self, model: nn.Module, input_shape: Sequence[int]):
+        super().__init__()
+        self.encoder = _export_encoder(model.encoder)
+        head = model.head
+        with torch.no_grad():
+            pyramid = model.encoder(torch.zeros((1,) + tuple(input_shape)))
+        self.sizes = [(int(p.shape[-2]), int(p.shape[-1])) for p in pyramid]
+        self.k = int(head.num_classes)
+        self.has_ctr = head.ctr_out is not None
+        # towers of depth 0 are identities: then the class conv reads the same map as the others
+        self.cls_tower = head.cls_tower if len(head.cls_tower) else None
+        self.box_tower = head.box_tower if len(head.box_tower) else None
+        self.shared = self.cls_tower is None and self.box_tower is None
+        cls_w, cls_b = head.cls_out.weight.detach(), head.cls_out.bias.detach()
+        box_w, box_b = head.box_out.weight.detach(), head.box_out.bias.detach()
+        for level, scale in enumerate(head.scales):
+            s = scale.scale.detach()
+            ws, bs = [box_w * s], [box_b * s]
+            if self.has_ctr:
+                ws.append(head.ctr_out.weight.detach())
+                bs.append(head.ctr_out.bias.detach())
+            if self.shared:
+                ws.insert(0, cls_w)
+                bs.insert(0, cls_b)
+            self.register_buffer(f'w{level}', torch.cat(ws).clone().float())
+            self.register_buffer(f'b{level}', torch.cat(bs).clone().float())
+        if not self.shared:
+            self.register_buffer('cls_w', cls_w.clone().float())
+            self.register_buffer('cls_b', cls_b.clone().float())
+        stride = torch.cat([torch.full((h * w,), float(s)) for (h, w), s in zip(self.sizes, head.strides)])
+        self.register_buffer('stride', stride[:, None])     # (N, 1)
+
+    def forward(self, x: torch.Tensor):
+        import torch.nn.functional as F
+        pyramid = self.encoder(x)
+        outs, cls = [], []
+        for level, (f, (h, w)) in enumerate(zip(pyramid, self.sizes)):
+            f = f.float()
+            if self.shared:
+                outs.append(F.conv2d(f, getattr(self, f'w{level}'), getattr(self, f'b{level}'), padding=1)
+                            .reshape(-1, self.k + 4 + int(self.has_ctr), h * w))
+            else:
+                c = self.cls_tower(f) if self.cls_tower is not None else f
+                b = self.box_tower(f) if self.box_tower is not None else f
+                cls.append(F.conv2d(c, self.cls_w, self.cls_b, padding=1).reshape(-1, self.k, h * w))
+                outs.append(F.conv2d(b, getattr(self, f'w{level}'), getattr(self, f'b{level}'), padding=1)
+                            .reshape(-1, 4 + int(self.has_ctr), h * w))
+        y = torch.cat(outs, dim=2).transpose(1, 2)               # (B, N, [K +] 4 [+ 1])
+        k0 = self.k if self.shared else 0
+        cls_logits = y[:, :, :k0] if self.shared else torch.cat(cls, dim=2).transpose(1, 2)
+        box = torch.exp(y[:, :, k0:k0 + 4].clamp(max=_MAX_EXP)) * self.stride
+        if self.has_ctr:
+            return cls_logits, box, y[:, :, k0 + 4]
+        return cls_logits, box
+
+
+def _fused_or_reference(model: nn.Module, reference: nn.Module, shape) -> nn.Module:
+    """The :class:`_FusedFlatHead` export form when it matches ``reference`` in PyTorch on a random
+    batch (relative tolerance 1e-4), else ``reference`` (a model whose structure it does not know)."""
+    try:
+        fused = _FusedFlatHead(model, shape).eval()
+        x = torch.randn((2,) + tuple(shape), generator=torch.Generator().manual_seed(2)) * 3.0
+        with torch.no_grad():
+            for a, b in zip(fused(x), reference(x)):
+                if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()) + 1e-6):
+                    raise ValueError('fused export form differs')
+        return fused
+    except Exception as e:      # noqa: BLE001 - any mismatch: export the model as it is
+        warnings.warn(f'exporting the unfused student graph: {e}', RuntimeWarning)
+        return reference
 
 
 def metadata_path_for(onnx_path: PathLike) -> Path:
@@ -92,9 +243,10 @@ def export_onnx(model, out: PathLike, opset: int = 17, checkpoint_meta: Optional
     cfg = model.config
     fe = model.frontend_config
     shape = (cfg.in_channels, fe.rows, fe.n_frames)
-    wrapper = _FlatHead(model).eval()
     was = model.training
     model.eval()
+    reference = _FlatHead(model).eval()
+    wrapper = _fused_or_reference(model, reference, shape)
     has_ctr = model.head.ctr_out is not None
     names = list(OUTPUT_NAMES if has_ctr else OUTPUT_NAMES[:2])
     gen = torch.Generator().manual_seed(0)
@@ -128,7 +280,7 @@ def export_onnx(model, out: PathLike, opset: int = 17, checkpoint_meta: Optional
             'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
         }
         if verify:
-            meta['verification'] = _verify(wrapper, tmp_onnx, shape, names)
+            meta['verification'] = _verify(reference, tmp_onnx, shape, names)
         tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True) + '\n')
         os.replace(tmp_onnx, out)
         os.replace(tmp_meta, metadata_path_for(out))
