@@ -75,6 +75,9 @@ DEFAULTS: Dict[str, Any] = {
         'plateau_patience': 2,      # ReduceLROnPlateau on val mAP
         'plateau_factor': 0.5,
         'min_lr': 1e-5,
+        # exponential moving average of the weights (and BN statistics), validated and saved in
+        # place of the raw weights; 0 = off (distillation stage only)
+        'ema': 0.0,
         'grad_clip': 10.0,
         'hflip': True,              # mirror augmentation (symmetric circular arrays only)
         'max_train_frames': None,
@@ -183,6 +186,8 @@ def validate(raw: dict) -> TrainConfig:
     _num(cfg, 'optim.plateau_patience', lo=0, integer=True)
     _num(cfg, 'optim.plateau_factor', lo=0.01, hi=0.99)
     _num(cfg, 'optim.min_lr', lo=0)
+    if not isinstance(o['ema'], (int, float)) or isinstance(o['ema'], bool) or not 0 <= o['ema'] < 1:
+        raise ConfigError(f"optim.ema: a decay in [0, 1) (0 = off), got {o['ema']!r}")
     _num(cfg, 'optim.grad_clip', lo=0, allow_none=True)
     _num(cfg, 'optim.max_train_frames', lo=1, integer=True, allow_none=True)
     _num(cfg, 'optim.max_val_frames', lo=1, integer=True, allow_none=True)

@@ -272,6 +272,22 @@ def _save_train_state(out: Path, model: torch.nn.Module, opt, sched, state: dict
     os.replace(tmp, out / 'train_state.json')
 
 
+def _ema_step(decay: float):
+    """Moving-average update with the decay ramped up as ``(1 + n) / (10 + n)`` after ``n``
+    updates: a fixed decay would keep the untrained initial weights (a random head) in the
+    average for thousands of steps, and a blend of those with trained ones detects nothing."""
+    def step(avg: torch.Tensor, cur: torch.Tensor, n) -> torch.Tensor:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        return avg + (cur - avg) * (1.0 - d)
+    return step
+
+
+def _train_modules(model, count_head, ema) -> torch.nn.ModuleDict:
+    """What a train state holds: the student, the counting head (pretext), the moving average."""
+    return torch.nn.ModuleDict({'student': model, **({'count': count_head} if count_head is not None else {}),
+                                **({'ema': ema} if ema is not None else {})})
+
+
 def _load_train_state(out: Path, model: torch.nn.Module, opt, sched) -> dict:
     try:
         tensors = load_file(str(out / 'train_state.safetensors'))
@@ -417,6 +433,10 @@ def train(cfg: TrainConfig, dataset_dir: Path, out_dir: Path, init: Optional[str
     else:
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode='max', factor=o['plateau_factor'],
                                                            patience=o['plateau_patience'], min_lr=o['min_lr'])
+    # the weights validated, saved and calibrated: the raw ones, or their moving average
+    ema = torch.optim.swa_utils.AveragedModel(model, avg_fn=_ema_step(o['ema']), use_buffers=True) \
+        if o['ema'] and cfg.stage == 'distill' else None
+    kept = ema.module if ema is not None else model
     net = model
     if distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -436,7 +456,7 @@ def train(cfg: TrainConfig, dataset_dir: Path, out_dir: Path, init: Optional[str
     history: List[dict] = []
     start_epoch, best, best_epoch, bad_epochs = 0, -math.inf, -1, 0
     if resume:
-        wrapped = torch.nn.ModuleDict({'student': model, **({'count': count_head} if count_head else {})})
+        wrapped = _train_modules(model, count_head, ema)
         meta = _load_train_state(out_dir, wrapped, opt, sched)
         if o['schedule'] == 'cosine':       # this run's epoch count sets the rest of the schedule
             for g, base, f in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
@@ -495,6 +515,8 @@ def train(cfg: TrainConfig, dataset_dir: Path, out_dir: Path, init: Optional[str
             if o['grad_clip']:
                 torch.nn.utils.clip_grad_norm_(params, o['grad_clip'])
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v * len(rows)
             n_seen += len(rows)
@@ -511,7 +533,7 @@ def train(cfg: TrainConfig, dataset_dir: Path, out_dir: Path, init: Optional[str
                                           cfg.pretext['max_count'], device)
                 row['val_accuracy'] = value
             else:
-                preds = predict_rows(model, ds, val_rows, plan.dataset_channels, cfg.eval['score_threshold'],
+                preds = predict_rows(kept, ds, val_rows, plan.dataset_channels, cfg.eval['score_threshold'],
                                      device=device)
                 m = evaluate_detections(preds, refs_val, model.config.image_size, per_class=False)
                 value = 0.0 if math.isnan(m['mAP_avg']) else m['mAP_avg']
@@ -532,11 +554,11 @@ def train(cfg: TrainConfig, dataset_dir: Path, out_dir: Path, init: Optional[str
             bad_epochs += 1
         if rank == 0:
             if improved:
-                save_checkpoint(model.cpu(), out_dir, {**info_base, 'metrics': {monitor: value, 'epoch': epoch + 1,
+                save_checkpoint(kept.cpu(), out_dir, {**info_base, 'metrics': {monitor: value, 'epoch': epoch + 1,
                                                                               **{k: v for k, v in row.items()
                                                                                  if k.startswith('val_')}}})
-                model.to(device)
-            wrapped = torch.nn.ModuleDict({'student': model, **({'count': count_head} if count_head else {})})
+                kept.to(device)
+            wrapped = _train_modules(model, count_head, ema)
             _save_train_state(out_dir, wrapped, opt, sched, {'epoch': epoch, 'best': best, 'best_epoch': best_epoch,
                                                              'bad_epochs': bad_epochs, 'history': history})
             _write_log(out_dir, history)

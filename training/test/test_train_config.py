@@ -40,6 +40,8 @@ def test_inheritance_and_overrides():
     ({'optim': 3}, 'optim: expected a mapping'),
     ({'stage': 'finetune'}, 'stage'),
     ({'optim': {'schedule': 'step'}}, r'optim\.schedule'),
+    ({'optim': {'ema': 1.0}}, r'optim\.ema'),
+    ({'optim': {'ema': True}}, r'optim\.ema'),
 ])
 def test_errors_name_the_key(raw, match):
     with pytest.raises(ConfigError, match=match):

@@ -21,7 +21,7 @@ from mmdistill_training.cli import main
 from mmdistill_training.dataset_build import BuildConfig, build_dataset
 from mmdistill_training.labelled_bag import short_scenario, write_oracle_bag
 from mmdistill_training.train_config import validate
-from mmdistill_training.trainer import train
+from mmdistill_training.trainer import _ema_step, train
 
 SMALL = {'model': {'encoder': {'widths': [8, 16], 'embed_dim': 32, 'out_channels': 16}, 'head_width': 16},
          'optim': {'batch_size': 8, 'epochs': 2, 'max_val_frames': 12}}
@@ -94,6 +94,30 @@ def test_same_seed_same_weights_and_resume_continues_exactly(dataset, tmp_path):
     train(cfg(seed=1), dataset, tmp_path / 'c', progress=False)
     wc = _last_weights(tmp_path / 'c')
     assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_ema_checkpoint_holds_the_moving_average_and_resumes_exactly(dataset, tmp_path):
+    c = cfg(optim={'epochs': 2, 'ema': 0.9, 'patience': 10})
+    summary = train(c, dataset, tmp_path / 'a', progress=False)
+    state = load_file(str(tmp_path / 'a' / 'train_state.safetensors'))
+    raw = {k[len('model.student.'):]: v for k, v in state.items() if k.startswith('model.student.')}
+    avg = {k[len('model.ema.module.'):]: v for k, v in state.items() if k.startswith('model.ema.module.')}
+    assert raw.keys() == avg.keys() and any(not torch.equal(raw[k], avg[k]) for k in raw)
+    model, meta = load_checkpoint(tmp_path / 'a')
+    saved = model.state_dict()
+    if summary['best_epoch'] == 2:          # the checkpoint is the last epoch's average, not its raw weights
+        assert all(torch.equal(saved[k], avg[k]) for k in avg)
+    train(c, dataset, tmp_path / 'b', progress=False, epochs=1)
+    train(c, dataset, tmp_path / 'b', progress=False, resume=True)
+    wb = load_file(str(tmp_path / 'b' / 'train_state.safetensors'))
+    assert all(torch.equal(state[k], wb[k]) for k in state if k.startswith('model.'))
+
+
+def test_ema_step_ramps_the_decay_up():
+    step = _ema_step(0.99)
+    a, c = torch.zeros(3), torch.ones(3)
+    assert torch.allclose(step(a, c, 0), torch.full((3,), 0.9))         # n = 0: decay 1/10
+    assert torch.allclose(step(a, c, 10_000), torch.full((3,), 0.01))   # ramp over: decay 0.99
 
 
 def test_pretext_initialises_the_encoder(dataset, tmp_path):
