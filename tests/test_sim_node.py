@@ -34,6 +34,9 @@ def test_sim_node_streams(executor):
         info = executor.add(make_collector(topics.AUDIO_INFO, AudioInfo, latched_qos(), name='late_info'))
         assert info.wait_for(1, timeout=10), 'audio_info is not transient local'
         assert (info.messages[0].channels, info.messages[0].sample_rate) == (8, 44100)
+        # the whole drive, however slowly a loaded machine plays it (CI once stopped it at 2.4 s)
+        assert wait_for(lambda: stamp_to_ns(clock.messages[-1].clock) >= 3_900_000_000, timeout=60), \
+            f'/clock stopped at {stamp_to_ns(clock.messages[-1].clock) / 1e9:.2f} s of the 4-s drive'
     finally:
         rc = stop_process(proc)
     assert rc == 0, proc.stderr.read()
