@@ -393,7 +393,8 @@ class OnnxStudent:
                            self.strides, self.image_size,
                            score_threshold=c.score_threshold if score_threshold is None else score_threshold,
                            nms_iou=c.nms_iou if nms_iou is None else nms_iou,
-                           max_detections=c.max_detections, class_agnostic_nms=True)
+                           max_detections=c.max_detections, pre_nms_top_k=c.pre_nms_top_k,
+                           class_agnostic_nms=True)
         return [{'boxes': b, 'scores': s, 'labels': l} for b, s, l in dets]
 
     @property

@@ -108,3 +108,16 @@ def test_bad_output_name_and_opset_exit_2(exported, tmp_path, capsys):
     assert main(['export', '--checkpoint', str(d / 'ckpt'), '--out', str(tmp_path / 'x.onnx'),
                  '--opset', '9']) == 2
     assert 'opset' in capsys.readouterr().err
+
+
+def test_onnx_decoding_keeps_the_checkpoints_pre_nms_cap(tmp_path):
+    model = _student(pre_nms_top_k=3)            # at most 3 candidates per level reach the NMS
+    export_onnx(model, tmp_path / 'capped.onnx', verify=False)
+    ox = OnnxStudent(tmp_path / 'capped.onnx')
+    x = torch.randn(2, 8, 80, 173, generator=torch.Generator().manual_seed(6)) * 8.0
+    ref = model.predict_features(x, score_threshold=0.0)
+    got = ox.predict_features(x.numpy(), score_threshold=0.0)
+    assert all(0 < len(r['boxes']) <= 3 * 3 for r in ref)
+    for r, g in zip(ref, got):
+        assert len(g['boxes']) == len(r['boxes'])
+        np.testing.assert_allclose(g['boxes'], r['boxes'], atol=1e-3)
