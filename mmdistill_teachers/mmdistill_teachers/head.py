@@ -502,14 +502,9 @@ def decode(outputs: Dict[str, object], score_threshold: float = 0.3, nms_iou: fl
     Returns numpy arrays: boxes float32 (N, 4) xyxy pixels, scores float32 (N,),
     labels int64 (N,) class indices.
     """
-    def flat(maps):
-        return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)
-
-    ctr_maps = outputs.get('centerness')
-    feature_sizes = [tuple(int(v) for v in m.shape[-2:]) for m in outputs['cls_logits']]
-    return decode_flat(flat(outputs['cls_logits']), flat(outputs['box_ltrb']),
-                       flat(ctr_maps)[..., 0] if ctr_maps is not None else None,
-                       feature_sizes, outputs['strides'], outputs['image_size'], score_threshold=score_threshold,
+    f = flatten_outputs(outputs)
+    return decode_flat(f['cls'], f['ltrb'], f['ctr'], f['feature_sizes'], outputs['strides'],
+                       outputs['image_size'], score_threshold=score_threshold,
                        nms_iou=nms_iou, max_detections=max_detections, pre_nms_top_k=pre_nms_top_k,
                        class_agnostic_nms=class_agnostic_nms)
 
