@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from mmdistill_common.errors import ConfigError, MmdistillError
-from mmdistill_common.node_main import catch_sigint, interrupted_take
+from mmdistill_common.node_main import catch_sigint, interrupted_take, settle_signal_thread
 
 from . import graphs
 from .graphs import NodeSpec
@@ -198,7 +198,10 @@ def spin(nodes: Sequence[Any], until: Optional[Callable[[], bool]] = None, durat
                 break
             ex.spin_once(timeout_sec=0.05)
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        settle_signal_thread()
+    except RuntimeError:            # maybe a Ctrl-C in disguise (see main): the caller decides
+        settle_signal_thread()
+        raise
     finally:
         for n in nodes:
             ex.remove_node(n)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from typing import Callable, List, Optional, Sequence
 
 import rclpy
@@ -13,7 +14,10 @@ from rclpy.executors import ExternalShutdownException
 
 from .errors import ConfigError, MmdistillError
 
-__all__ = ['run_node', 'autostart', 'catch_sigint', 'interrupted_take']
+__all__ = ['run_node', 'autostart', 'catch_sigint', 'interrupted_take', 'settle_signal_thread']
+
+#: seconds a Ctrl-C's teardown leaves rclpy's signal thread (see :func:`settle_signal_thread`)
+SIGNAL_SETTLE_S = 0.2
 
 
 def autostart(node, what: str = '') -> None:
@@ -41,6 +45,17 @@ def catch_sigint() -> List[int]:
     return interrupted
 
 
+def settle_signal_thread() -> None:
+    """Give rclpy's deferred signal thread time to finish before executors are torn down.
+
+    On SIGINT, rclpy's C handler wakes a thread of its own that triggers every executor's signal
+    guard condition, while Python's handler raises ``KeyboardInterrupt`` at once in the main
+    thread. Destroying those guard conditions (``Executor.shutdown``, ``rclpy.try_shutdown``)
+    before the thread reached them races it on freed memory: under load in CI a child hung at
+    exit. The thread needs microseconds once scheduled; the wait bounds its scheduling delay."""
+    time.sleep(SIGNAL_SETTLE_S)
+
+
 def interrupted_take(exc: BaseException, interrupted: Sequence[int]) -> bool:
     """Whether ``exc`` is a Ctrl-C in disguise: pybind11 turns a ``KeyboardInterrupt`` raised while
     rclpy converts a taken message into ``RuntimeError("Unable to convert call argument ...")``."""
@@ -62,10 +77,11 @@ def run_node(name: str, factory: Callable[[], object], args: Optional[Sequence[s
         print(f'{name}: error: {exc}', file=sys.stderr)
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        settle_signal_thread()
     except RuntimeError as exc:
         if not interrupted_take(exc, interrupted):
             raise
+        settle_signal_thread()
     finally:
         if node is not None:
             node.destroy_node()
