@@ -12,7 +12,10 @@ list[Track]``, returning the tracks to output for that frame:
   with Hungarian assignment (``scipy.optimize.linear_sum_assignment``) on
   1 - IoU against the predicted boxes, gated by IoU or centre distance;
   tentative tracks are confirmed after ``n_init`` hits and coast on their
-  prediction for up to ``max_age`` missed frames.
+  prediction for up to ``max_age`` missed frames. A track's score is a running
+  mean of its detections' scores (``score_smoothing``), and a confirmed track is
+  output only while that score reaches ``min_output_score``: one noisy frame
+  neither drops a steady vehicle nor starts publishing a flicker.
 
 Boxes are float (N, 4) pixel ``x1, y1, x2, y2``. Ids are positive ints, unique
 and increasing within one tracker instance.
@@ -195,6 +198,10 @@ class KalmanTrackerParams:
     min_start_score: float = 0.5    # an unmatched detection starts a track only if score >= this
     min_update_score: float = 0.0   # detections below this are ignored entirely
     output_coasting: bool = False   # also output confirmed tracks that coast this frame
+    # a track's score is a running mean of its detections' scores: new = w * detection + (1 - w) * old
+    # with w = score_smoothing (1 = the last detection's score)
+    score_smoothing: float = 1.0
+    min_output_score: float = 0.0   # a confirmed track is output only while its score is >= this
     frame_period_s: float = 0.1     # nominal frame period; dt = stamp difference / this when stamps are given
     std_position: float = 1.0 / 20.0
     std_velocity: float = 1.0 / 160.0
@@ -212,6 +219,8 @@ class KalmanTrackerParams:
         check(isinstance(self.max_age, int) and self.max_age >= 0, f'max_age must be an int >= 0, got {self.max_age}')
         check(0.0 <= self.min_start_score <= 1.0, f'min_start_score must be in [0, 1], got {self.min_start_score}')
         check(0.0 <= self.min_update_score <= 1.0, f'min_update_score must be in [0, 1], got {self.min_update_score}')
+        check(0.0 < self.score_smoothing <= 1.0, f'score_smoothing must be in (0, 1], got {self.score_smoothing}')
+        check(0.0 <= self.min_output_score <= 1.0, f'min_output_score must be in [0, 1], got {self.min_output_score}')
         check(self.frame_period_s > 0.0, f'frame_period_s must be > 0, got {self.frame_period_s}')
         check(self.std_position > 0.0 and self.std_velocity > 0.0 and self.init_velocity_std > 0.0,
               'noise standard deviations must be > 0')
@@ -334,7 +343,8 @@ class KalmanTracker:
                 ti, di = idx[r], free[c]
                 t = tracks[ti]
                 self._correct(t, xyxy_to_cxcywh(b[di][None])[0])
-                t.score = float(s[di])
+                w = self.params.score_smoothing
+                t.score = w * float(s[di]) + (1.0 - w) * t.score
                 t.hits += 1
                 t.time_since_update = 0
                 self._confirm(t)
@@ -361,6 +371,8 @@ class KalmanTracker:
             if not t.confirmed:
                 continue
             if t.time_since_update > 0 and not self.params.output_coasting:
+                continue
+            if t.score < self.params.min_output_score:
                 continue
             out.append(Track(id=t.id, box=t.box(), score=t.score, age=t.age, hits=t.hits,
                              time_since_update=t.time_since_update,

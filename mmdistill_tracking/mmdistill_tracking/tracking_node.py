@@ -32,6 +32,11 @@ from mmdistill_common.qos import incompatible_qos_warner, stream_qos
 from .tracker import make_tracker
 from .visualization import MarkerSpec, clip_boxes, draw_tracks, track_markers
 
+# chosen on the val drives of the demo (replay of its student's streaming detections, MOTA against the
+# headline truth): see the README's tracking section
+SCORE_SMOOTHING = 0.5
+MIN_OUTPUT_SCORE = 0.47
+
 PARAMS = [
     Param('tracker', 'kalman', "Tracker: 'iou' (the paper's: a track ends on its first miss) or 'kalman' "
           '(constant velocity, Hungarian assignment, coasting).', choices=('iou', 'kalman'), read_only=True),
@@ -44,6 +49,10 @@ PARAMS = [
           min=0, max=1000, read_only=True),
     Param('n_init', 2, 'kalman: detections needed before a track is confirmed and output.', min=1, max=100,
           read_only=True),
+    Param('score_smoothing', SCORE_SMOOTHING, "kalman: weight of a track's newest detection in its running score "
+          '(1 = the last detection\'s score).', min=0.01, max=1.0, read_only=True),
+    Param('min_output_score', MIN_OUTPUT_SCORE, 'kalman: a confirmed track is published only while its running '
+          'score is at least this (0 = every confirmed track).', min=0.0, max=1.0, read_only=True),
     Param('frame_period', 0.1, 'kalman: nominal seconds between detection messages (1 / student rate); '
           'stamp differences are measured in these units.', min=0.001, max=10.0, read_only=True),
     Param('image_width', 768, 'Camera image width in pixels (tracks are clipped to it; annotated image size); '
@@ -120,7 +129,8 @@ class TrackingNode(Node):
                 out['min_iou'] = p['iou_threshold']
             if p['start_score'] >= 0:
                 out['min_start_score'] = p['start_score']
-            out.update(max_age=p['max_coast'], n_init=p['n_init'], frame_period_s=p['frame_period'])
+            out.update(max_age=p['max_coast'], n_init=p['n_init'], frame_period_s=p['frame_period'],
+                       score_smoothing=p['score_smoothing'], min_output_score=p['min_output_score'])
         try:
             make_tracker(kind, **out)
         except ValueError as exc:

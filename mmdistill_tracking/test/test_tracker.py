@@ -69,6 +69,10 @@ def test_params_are_validated():
         KalmanTrackerParams(max_age=-1)
     with pytest.raises(ValueError, match='frame_period_s'):
         KalmanTrackerParams(frame_period_s=0.0)
+    with pytest.raises(ValueError, match='score_smoothing'):
+        KalmanTrackerParams(score_smoothing=0.0)
+    with pytest.raises(ValueError, match='min_output_score'):
+        KalmanTrackerParams(min_output_score=1.5)
     with pytest.raises(ValueError, match='any track'):
         KalmanTrackerParams(min_iou=0.0, max_centre_distance=0.0)
     with pytest.raises(ValueError, match="'iou' or 'kalman'"):
@@ -230,6 +234,27 @@ def test_kalman_tentative_confirmation_and_start_score():
     assert ids(out) == [1, 2]
     t1 = KalmanTracker(KalmanTrackerParams(n_init=1))
     assert ids(t1.update([box(100, 100)], [0.9])) == [1]
+
+
+def test_kalman_running_score_gates_output_without_ending_the_track():
+    """The track's score is a running mean of its detections' (weight 0.5 on the newest); a dip of
+    one weak frame keeps it published, a run of weak frames hides it, and it comes back under its
+    own id once its detections are strong again."""
+    t = KalmanTracker(KalmanTrackerParams(n_init=1, score_smoothing=0.5, min_output_score=0.5))
+    scores = [0.8, 0.8, 0.3, 0.8, 0.3, 0.3, 0.3, 0.9, 0.9]
+    published = []
+    for k, s in enumerate(scores):
+        out = t.update([box(100 + 5 * k, 200)], [s])
+        published.append([(o.id, round(o.score, 4)) for o in out])
+    assert published[1] == [(1, 0.8)]
+    assert published[2] == [(1, 0.55)]                      # 0.5 * 0.3 + 0.5 * 0.8: still published
+    assert published[3] == [(1, 0.675)]
+    assert published[4:7] == [[], [], []]                   # 0.4875, 0.3938, 0.3469: hidden
+    assert published[7:] == [[(1, 0.6234)], [(1, 0.7617)]]  # back under the same id (never ended)
+    # the defaults keep the last detection's score and publish every confirmed track
+    d = KalmanTracker(KalmanTrackerParams(n_init=1))
+    assert [o.score for o in d.update([box(100, 100)], [0.9])] == [0.9]
+    assert [o.score for o in d.update([box(102, 100)], [0.05])] == [0.05]
 
 
 def test_kalman_uses_stamps_for_irregular_frames():
