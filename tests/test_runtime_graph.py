@@ -1,8 +1,8 @@
 """The runtime graph on real DDS: sim_node -> student_node -> tracking_node, and bad input.
 
 The student checkpoint is a small *untrained* StudentDetector saved with ``save_checkpoint``, with
-score threshold 0 so that it always emits boxes (and the tracker's start score is 0 so that they
-become tracks): these tests check plumbing, stamps and robustness, not detection quality.
+score threshold 0 so that it always emits boxes (and the tracker's start and output scores are 0 so that
+they become published tracks): these tests check plumbing, stamps and robustness, not detection quality.
 """
 import subprocess
 import time
@@ -71,7 +71,8 @@ def test_sim_student_tracking_graph(executor, checkpoint):
         assert student.trigger_activate() == TransitionCallbackReturn.SUCCESS
         executor.add(student)
         tracker = executor.add(TrackingNode(parameter_overrides=[
-            Parameter('start_score', value=0.0), Parameter('image_width', value=W), Parameter('image_height', value=H)]))
+            Parameter('start_score', value=0.0), Parameter('min_output_score', value=0.0),
+            Parameter('image_width', value=W), Parameter('image_height', value=H)]))
         # the drive is long enough to survive slow discovery; it is stopped once tracks arrived
         ok = wait_for(lambda: len(tracks.messages) >= 8, timeout=25)
     finally:
@@ -135,7 +136,8 @@ def test_bad_input_keeps_nodes_publishing(executor, checkpoint, ros):
     assert wait_for(lambda: student._info is not None and student._info.channels == 8, timeout=10)
     assert student.trigger_activate() == TransitionCallbackReturn.SUCCESS
     tracker = executor.add(TrackingNode(parameter_overrides=[
-            Parameter('start_score', value=0.0), Parameter('image_width', value=W), Parameter('image_height', value=H)]))
+            Parameter('start_score', value=0.0), Parameter('min_output_score', value=0.0),
+            Parameter('image_width', value=W), Parameter('image_height', value=H)]))
     dets = executor.add(make_collector(topics.STUDENT_DETECTIONS, Detection2DArray, stream_qos()))
     tracks = executor.add(make_collector(topics.TRACKS, Detection2DArray, stream_qos()))
     assert wait_for(lambda: audio_pub.get_subscription_count() and det_pub.get_subscription_count() >= 2)
