@@ -32,11 +32,6 @@ from mmdistill_common.qos import incompatible_qos_warner, stream_qos
 from .tracker import make_tracker
 from .visualization import MarkerSpec, clip_boxes, draw_tracks, track_markers
 
-# chosen on the val drives of the demo (replay of its student's streaming detections, MOTA against the
-# headline truth): see the README's tracking section
-SCORE_SMOOTHING = 0.5
-MIN_OUTPUT_SCORE = 0.47
-
 PARAMS = [
     Param('tracker', 'kalman', "Tracker: 'iou' (the paper's: a track ends on its first miss) or 'kalman' "
           '(constant velocity, Hungarian assignment, coasting).', choices=('iou', 'kalman'), read_only=True),
@@ -49,9 +44,11 @@ PARAMS = [
           min=0, max=1000, read_only=True),
     Param('n_init', 2, 'kalman: detections needed before a track is confirmed and output.', min=1, max=100,
           read_only=True),
-    Param('score_smoothing', SCORE_SMOOTHING, "kalman: weight of a track's newest detection in its running score "
+    # these two chosen on the demo's val drives (its student's streaming detections, MOTA against the
+    # headline truth): see the README's tracking section
+    Param('score_smoothing', 0.5, "kalman: weight of a track's newest detection in its running score "
           '(1 = the last detection\'s score).', min=0.01, max=1.0, read_only=True),
-    Param('min_output_score', MIN_OUTPUT_SCORE, 'kalman: a confirmed track is published only while its running '
+    Param('min_output_score', 0.47, 'kalman: a confirmed track is published only while its running '
           'score is at least this (0 = every confirmed track).', min=0.0, max=1.0, read_only=True),
     Param('frame_period', 0.1, 'kalman: nominal seconds between detection messages (1 / student rate); '
           'stamp differences are measured in these units.', min=0.001, max=10.0, read_only=True),
