@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from mmdistill_common.errors import ConfigError
 
+from .attention_focus import attention_focus, format_focus
 from .dataset import DistillDataset
 from .experiments import EXPERIMENTS, Experiment
 from .evaluate import evaluate_predictions, headline
@@ -189,11 +190,18 @@ def run_ablation(dataset: Path, out: Path, names: Optional[Sequence[str]] = None
             eval_path.write_text(json.dumps(row, indent=1, default=float))
             per_seed[exp.name].append(row)
     results = [aggregate_seeds(per_seed[e.name]) for e in todo]
+    # what the MTA rows' targets hold, on ours' pyramid levels: without mass on the audible
+    # vehicles beyond their share of the image, MTA cannot add to the focal loss on the boxes
+    focus = attention_focus(ds, rows, strides=load_train_config('student').model.get('strides')) \
+        if ds.has_ground_truth else {}
     table = format_table(results)
+    if focus:
+        table += ('\nMTA targets: share of attention mass on the audible vehicles / on the other vehicles / '
+                  'share of cells they cover (focus = mass / cells; 1 is a uniform map)\n\n' + format_focus(focus))
     (out / 'table.md').write_text(table)
     summary = {'dataset': str(dataset), 'spectrogram_dataset': str(spectrogram_dataset) if twin else None,
                'split': split, 'frames': int(len(rows)), 'seeds': list(seeds), 'left_out': skipped,
-               'rows': results}
+               'rows': results, 'mta_targets': focus}
     (out / 'results.json').write_text(json.dumps(summary, indent=1, default=float))
     return summary
 

@@ -73,3 +73,14 @@ def test_ablate_row_scene_prior(tmp_path):
     assert row['pseudo_labels']['AP50'] == pytest.approx(res['pseudo_labels']['all']['AP50'], nan_ok=True)
     assert row['ground_truth']['AP50'] == pytest.approx(res['ground_truth']['all']['AP50'], nan_ok=True)
     assert (row_dir(tmp_path / 'abl', 'scene-prior') / 'eval.json').is_file()
+    # the MTA targets' focus on ours' levels: the oracle teachers' attention is a blob per box it
+    # sees (on these test frames the depth camera sees none: a flat map, focus 1), so the product
+    # is the sharpest on the vehicles
+    focus = json.loads((tmp_path / 'abl' / 'results.json').read_text())['mta_targets']
+    assert set(focus) == {'rgb', 'depth', 'thermal', 'product', 'average'}
+    for name, per in focus.items():
+        assert set(per) == {'16', '32', '64'}
+        for s, f in per.items():
+            assert f['frames'] > 0 and f['focus'] > 0.99
+            assert focus['product'][s]['focus'] >= max(focus[m][s]['focus'] for m in focus) > 2
+    assert 'MTA targets' in (tmp_path / 'abl' / 'table.md').read_text()
