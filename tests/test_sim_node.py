@@ -47,10 +47,14 @@ def test_sim_node_streams(executor):
     counts = [len(msg_to_audio(m, 8)) for m in audio.messages]
     assert len(stamps) > 20
     first = -(-stamps[0] * 44100 // 10**9)          # smallest sample index with that stamp
-    assert (first * 10**9) // 44100 == stamps[0] and stamps[0] <= 1_000_000_000
+    assert (first * 10**9) // 44100 == stamps[0]
     expected = [((first + sum(counts[:i])) * 10**9) // 44100 for i in range(len(counts))]
     assert stamps == expected
     img_stamps = np.array([stamp_to_ns(m.header.stamp) for m in rgb.messages])
+    # the audio is there from when the images are: a machine loaded enough to match both
+    # subscriptions late (one run under load: 1.5 s of wall time, 3 s of drive) loses the start
+    # of both, not of the audio alone
+    assert stamps[0] <= img_stamps[0] + 500_000_000, (stamps[0], img_stamps[0])
     np.testing.assert_allclose(np.diff(img_stamps), 1e8, atol=1)
     assert any(len(m.detections) for m in gt.messages), 'dense traffic but no vehicle in view'
     assert clock.messages and stamp_to_ns(clock.messages[-1].clock) >= 3_900_000_000
