@@ -182,6 +182,16 @@ def _train_and_predict_one(modality: str):
     return modality, res, preds
 
 
+def _default_sigterm() -> None:
+    """Pool worker start: SIGTERM back to its default. A worker forked from a process where rclpy
+    is initialised (a test session, an embedding application) inherits rclpy's C handler, which only
+    wakes rclpy's signal thread (not forked), so ``Pool.terminate`` would wait for it forever
+    (seen: a 300-s timeout in the test suite; 2 of 3 runs of 5 pools hung beside a spinning
+    executor, none with this)."""
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def train_and_predict(train_frames, val_frames, modalities: Sequence[str], config: TeacherTrainConfig,
                       jobs: int = 1, progress: bool = True):
     """Train the teachers and run them on ``val_frames``: ``(trained, predictions)`` as
@@ -206,7 +216,7 @@ def train_and_predict(train_frames, val_frames, modalities: Sequence[str], confi
     frames = _frames_of(train_frames)
     _FORKED.update(train=frames, val=val, config=config)
     try:
-        with mp.get_context('fork').Pool(min(jobs, len(mods))) as pool:
+        with mp.get_context('fork').Pool(min(jobs, len(mods)), initializer=_default_sigterm) as pool:
             results = pool.map(_train_and_predict_one, mods, chunksize=1)
     finally:
         _FORKED.clear()
