@@ -18,7 +18,7 @@ import torch
 from mmdistill_common.errors import ConfigError
 
 from .dataset import DistillDataset
-from .losses import averaged_teacher_target, teacher_product_target
+from .losses import attention_distribution, averaged_teacher_target, teacher_product_target
 from .metrics import truth_sets
 
 __all__ = ['box_cells', 'mass_shares', 'attention_focus', 'format_focus']
@@ -73,7 +73,7 @@ def attention_focus(ds: DistillDataset, rows: Sequence[int], strides: Optional[S
             level = [maps[m][j] for m in teachers]
             shape = level[0].shape[1:]
             aud, oth = box_cells(boxes[head], shape, s), box_cells(boxes[~head], shape, s)
-            dists = {m: teacher_product_target([q], eps=0.0, tau=tau, r=r) for m, q in zip(teachers, level)}
+            dists = {m: attention_distribution(q, r, tau) for m, q in zip(teachers, level)}
             dists['product'] = teacher_product_target(level, eps=eps, tau=tau, r=r)
             dists['average'] = averaged_teacher_target(level, tau=tau, r=r)
             for n, p in dists.items():
