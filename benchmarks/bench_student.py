@@ -75,10 +75,16 @@ def acoustic_variant() -> dict:
     follows that file."""
     from mmdistill_training.dataset_build import ACOUSTIC_HOP, scenario_geometry
     from mmdistill_training.train_config import load_train_config
+    from mmdistill_training.trainer import plan_channels
+    from mmdistill_student.frontend import FrontendConfig
+    from mmdistill_student.model import feature_groups
     g = scenario_geometry('town-day-static', 8)
     w, h = g['camera']['width'], g['camera']['height']
-    return {'frontend': {'kind': 'acoustic_image', 'hop': ACOUSTIC_HOP, 'columns': w // 8, 'geometry': g},
-            'image_size': (w, h), **load_train_config('student').student_fields()}
+    cfg = load_train_config('student')
+    full = FrontendConfig(kind='acoustic_image', hop=ACOUSTIC_HOP, columns=w // 8, geometry=g, mvdr=True)
+    plan = plan_channels(full.to_dict(), feature_groups(full), cfg.features or ['srp', 'das', 'mvdr'])
+    return {'frontend': plan.frontend, 'input_channels': plan.input_channels,
+            'image_size': (w, h), **cfg.student_fields()}
 
 
 def bench_variant(name: str, student: dict, repeats: int, tmp: Path) -> dict:

@@ -23,7 +23,9 @@ Conventions
 * Feature tensor layout ``(C_in, n_mels, T)``; channels, in order: ``channels`` log-mel maps,
   then (``use_ild``) ``channels`` level-difference maps ``L_c - mean_c L_c`` (dB),
   then (``use_gccphat``) one GCC-PHAT map per microphone pair ``(i, j), i < j``
-  (28 for 8 microphones), see :func:`gcc_phat`.
+  (28 for 8 microphones), see :func:`gcc_phat`. The acoustic image (``kind='acoustic_image'``):
+  ``n_bands`` SRP-PHAT maps, ``n_bands`` beam-energy maps, then (``mvdr``) ``n_bands`` MVDR maps
+  (:mod:`.mvdr`), each ``(columns, T)``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import torch
 from mmdistill_common.errors import ConfigError, InputError
 
 from .acoustic_image import DEFAULT_BANDS_HZ, AcousticImage, validate_geometry
+from .mvdr import MvdrImage
 
 SPEED_OF_SOUND = 343.0
 FRONTEND_KINDS = ('spectrogram', 'acoustic_image')
@@ -88,6 +91,10 @@ class FrontendConfig:
     ref_distance_m: float = 15.0
     source_height_m: float = 0.7
     geometry: Optional[dict] = None
+    mvdr: bool = False
+    mvdr_smooth: int = 5
+    mvdr_loading: float = 0.05
+    mvdr_bins_per_band: int = 4
 
     def __post_init__(self):
         self.bands_hz = tuple(float(f) for f in self.bands_hz)
@@ -137,9 +144,17 @@ class FrontendConfig:
             if isinstance(self.columns, bool) or not isinstance(self.columns, (int, np.integer)) or self.columns < 1:
                 bad(f'columns must be a positive integer, got {self.columns!r}')
             validate_geometry(self.geometry, self.channels)
+            for name in ('mvdr_smooth', 'mvdr_bins_per_band'):
+                v = getattr(self, name)
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                    bad(f'{name} must be a positive integer, got {v!r}')
+            if not (isinstance(self.mvdr_loading, (int, float)) and self.mvdr_loading > 0):
+                bad(f'mvdr_loading must be > 0, got {self.mvdr_loading!r}')
             if len(self.bands_hz) < 2 or list(self.bands_hz) != sorted(set(self.bands_hz)) \
                     or self.bands_hz[0] <= 0 or self.bands_hz[-1] > nyq:
                 bad(f'bands_hz must be increasing edges in (0, {nyq:g}], got {list(self.bands_hz)}')
+        elif self.mvdr:
+            bad('mvdr needs the acoustic image (kind acoustic_image)')
         return self
 
     # derived quantities ------------------------------------------------------------------
@@ -182,7 +197,7 @@ class FrontendConfig:
     @property
     def in_channels(self) -> int:
         if self.kind == 'acoustic_image':
-            return 2 * self.n_bands
+            return (3 if self.mvdr else 2) * self.n_bands
         c = self.channels
         if self.use_ild:
             c += self.channels
@@ -192,7 +207,7 @@ class FrontendConfig:
 
     def feature_shape(self) -> Tuple[int, int, int]:
         """``(C_in, rows, T)`` of one window's features (``(8, 80, 173)`` by default; acoustic
-        image: ``(2 * n_bands, columns, T)``)."""
+        image: ``(2 * n_bands, columns, T)``, ``3 * n_bands`` with the MVDR map)."""
         return (self.in_channels, self.rows, self.n_frames)
 
     def to_dict(self) -> dict:
@@ -550,10 +565,15 @@ class Frontend(torch.nn.Module):
         self.register_buffer('std', torch.ones(self.cfg.in_channels))
         self.normalize = False
         self.acoustic = None
+        self.mvdr = None
         if self.cfg.kind == 'acoustic_image':
             c = self.cfg
             self.acoustic = AcousticImage(c.geometry, c.channels, c.sample_rate, c.n_fft, c.columns,
                                           c.bands_hz, c.ref_distance_m, c.source_height_m)
+            if c.mvdr:
+                self.mvdr = MvdrImage(c.geometry, c.channels, c.sample_rate, c.n_fft, c.columns, c.bands_hz,
+                                      c.ref_distance_m, c.source_height_m, smooth=c.mvdr_smooth,
+                                      loading=c.mvdr_loading, bins_per_band=c.mvdr_bins_per_band)
         self._gcc_sizes = [len(a) for a in np.array_split(np.arange(self.cfg.n_frames),
                                                           self.cfg.gcc_subwindows)]
 
@@ -585,7 +605,10 @@ class Frontend(torch.nn.Module):
         is used, complex spectra ``(B, C, T, F)``."""
         cfg = self.cfg
         if self.acoustic is not None:
-            return self._normalized(self.acoustic(spec))
+            img = self.acoustic(spec)
+            if self.mvdr is not None:
+                img = torch.cat([img, self.mvdr(spec)], dim=1)
+            return self._normalized(img)
         logmel = self.logmel.to_db(mel_power).transpose(-1, -2)        # (B, C, M, T)
         parts = [logmel]
         if cfg.use_ild:
@@ -670,6 +693,12 @@ class StreamingFrontend:
         self._edges = (np.arange(0, self._k_lo), np.arange(self._k_hi + 1, T))
         self._cols: Optional[np.ndarray] = None
         self._col_frame = np.full(T, -1, np.int64)
+        # MVDR: the same slots hold each frame's spectra (the MVDR bins) and its MVDR columns;
+        # _mvdr_frame[j % T] == j when frame j's columns came from a full history of interior
+        # frames (window position >= smooth), which no later window changes
+        self._spec: Optional[np.ndarray] = None
+        self._mcols: Optional[np.ndarray] = None
+        self._mvdr_frame = np.full(T, -1, np.int64)
 
     @property
     def last_window(self) -> Optional[np.ndarray]:
@@ -699,6 +728,7 @@ class StreamingFrontend:
     def _clear_cache(self) -> None:
         self._cache.clear()
         self._col_frame.fill(-1)
+        self._mvdr_frame.fill(-1)
 
     def push(self, chunk, stamp_ns: int) -> PushResult:
         if self._window_at is not None:
@@ -771,6 +801,48 @@ class StreamingFrontend:
         at = start + n if mode == 'causal' else start + n // 2
         return feats, buf.index_to_stamp(at)
 
+    def _stream_mvdr(self, spec: torch.Tensor, slots: np.ndarray, base: int) -> np.ndarray:
+        """MVDR columns ``(n_bands, D, T)`` of the window whose frame 0 is segment frame ``base``,
+        given this step's spectra ``spec`` of the frames in ``slots``. Frames at window positions
+        ``< smooth`` (their history is cut by the window start) and the edge frames are recomputed;
+        the others once, when they first appear. Two calls of the module: the window's first
+        ``smooth`` frames, and every frame from the first one not cached on."""
+        mv, T, S = self.frontend.mvdr, self.cfg.n_frames, self.frontend.mvdr.smooth
+        bins = mv.bins
+        if self._spec is None:
+            self._spec = np.zeros((2, self.cfg.channels, 2 * T, len(bins)), np.float32)
+            self._mcols = np.zeros((mv.out_channels, mv.columns, 2 * T), np.float32)
+        x = torch.stack([spec.real[0].index_select(-1, bins), spec.imag[0].index_select(-1, bins)]).numpy()
+        self._spec[:, :, slots] = x
+        self._spec[:, :, slots + T] = x
+        p = base % T
+        xs = torch.from_numpy(self._spec[:, :, p:p + T])                      # (2, M, T, K) this window
+        t = np.arange(T)
+        full = (t >= S) & (t <= self._k_hi)
+        cached = full & (self._mvdr_frame[(base + t) % T] == base + t)
+        f0 = int(np.flatnonzero(~cached & (t >= S))[0]) if S < T else T
+        out = np.empty((mv.out_channels, mv.columns, T), np.float32)
+        h = min(S, T)             # the first frames share frame h - 1's covariance (see MvdrImage)
+        cr, ci = mv.covariance(xs[0, None, :, :h], xs[1, None, :, :h])
+        cr, ci = cr[:, h - 1:], ci[:, h - 1:]
+        if f0 < T:                # the tail with its history, in the same call
+            a = f0 - S + 1
+            tr, ti = mv.covariance(xs[0, None, :, a:], xs[1, None, :, a:])
+            cr, ci = torch.cat([cr, tr[:, S - 1:]], dim=1), torch.cat([ci, ti[:, S - 1:]], dim=1)
+        p_db = mv.power(cr, ci)[0].numpy()
+        out[..., :h] = p_db[..., :1]
+        if f0 < T:
+            tail = p_db[..., 1:]
+            out[..., f0:] = tail
+            fs = (base + np.arange(f0, T)) % T
+            self._mcols[..., fs] = tail
+            self._mcols[..., fs + T] = tail
+            self._mvdr_frame[fs] = np.where(full[f0:], base + np.arange(f0, T), -1)
+        keep = cached & (t < f0)
+        if keep.any():
+            out[..., keep] = self._mcols[..., p:p + T][..., keep]
+        return out
+
     def _compute_acoustic(self, start: int, mode: str) -> Tuple[np.ndarray, int]:
         """Acoustic image of the window at ``start``: interior frames' columns are kept (each
         100-ms step computes only the new frames), edge frames recomputed; the samples of the
@@ -806,6 +878,8 @@ class StreamingFrontend:
         self.frames_computed += len(need)
         p = base % T
         win = self._cols[..., p:p + T]
+        if fe.mvdr is not None:
+            win = np.concatenate([win, self._stream_mvdr(spec, slots, base)], axis=0)
         if fe.normalize:
             feats = (win - fe.mean.numpy()[:, None, None]) / fe.std.numpy()[:, None, None]
         else:

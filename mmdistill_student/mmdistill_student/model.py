@@ -39,7 +39,7 @@ def feature_groups(frontend: FrontendConfig) -> Dict[str, Tuple[int, int]]:
     """Channel range ``[start, stop)`` of each feature group in the front end's output."""
     if frontend.kind == 'acoustic_image':
         b = frontend.n_bands
-        return {'srp': (0, b), 'das': (b, 2 * b)}
+        return {'srp': (0, b), 'das': (b, 2 * b), **({'mvdr': (2 * b, 3 * b)} if frontend.mvdr else {})}
     out, c = {}, 0
     for name, on, n in (('logmel', True, frontend.channels), ('ild', frontend.use_ild, frontend.channels),
                         ('gcc', frontend.use_gccphat, frontend.n_pairs)):

@@ -40,8 +40,9 @@ __all__ = ['BuildConfig', 'AudioTrack', 'DriveData', 'FORMAT', 'FORMAT_VERSION',
 FORMAT = 'mmdistill-dataset'
 FORMAT_VERSION = 1
 FEATURES = ('logmel', 'ild', 'gcc')
-#: the acoustic-image front end's groups (SRP-PHAT coherence, beam energy), steered from the geometry
-ACOUSTIC_FEATURES = ('srp', 'das')
+#: the acoustic-image front end's groups (SRP-PHAT coherence, beam energy, and optionally the MVDR
+#: beam power), steered from the geometry
+ACOUSTIC_FEATURES = ('srp', 'das', 'mvdr')
 #: the acoustic image's STFT hop (= n_fft, 23 ms frames): finer than the bearing changes they
 #: track, and half the frames of an overlapping hop for the front end and the network
 ACOUSTIC_HOP = 1024
@@ -77,8 +78,9 @@ class BuildConfig:
         if unknown or not self.features:
             raise ConfigError(f'--features: unknown {unknown or "(empty)"}; choose from {",".join(known)}')
         if self.acoustic:
-            if set(self.features) != set(ACOUSTIC_FEATURES):
-                raise ConfigError('--features: the acoustic image is srp,das (both), not mixed with spectrogram groups')
+            if not {'srp', 'das'} <= set(self.features) or not set(self.features) <= set(ACOUSTIC_FEATURES):
+                raise ConfigError('--features: the acoustic image is srp,das or srp,das,mvdr, not mixed with '
+                                  'spectrogram groups')
         elif 'logmel' not in self.features:
             raise ConfigError('--features must include logmel (the other groups are added to it)')
         if len(set(self.features)) != len(self.features):
@@ -109,7 +111,8 @@ class BuildConfig:
                                   'named simulator scenarios with one common geometry; pass --geometry FILE.json')
             return FrontendConfig(sample_rate=int(sample_rate), channels=int(channels), mode=self.window,
                                   window_s=float(self.window_s), kind='acoustic_image', hop=ACOUSTIC_HOP,
-                                  columns=int(image_size[0]) // STRIDES[0], geometry=geometry)
+                                  columns=int(image_size[0]) // STRIDES[0], geometry=geometry,
+                                  mvdr='mvdr' in self.features)
         return FrontendConfig(sample_rate=int(sample_rate), channels=int(channels), mode=self.window,
                               window_s=float(self.window_s), use_ild='ild' in self.features,
                               use_gccphat='gcc' in self.features)

@@ -29,11 +29,14 @@ __all__ = ['check_frontend_compatible', 'student_predictor', 'truth_frames', 'ev
 
 CONDITION_KEYS = ('time_of_day', 'weather', 'ego_motion', 'occluded', 'scenario')
 _FRONTEND_MUST_MATCH = ('sample_rate', 'channels', 'n_mels', 'n_fft', 'hop', 'fmin', 'fmax', 'window_s', 'mode',
-                        'kind', 'columns', 'bands_hz')
+                        'kind', 'columns', 'bands_hz', 'mvdr_smooth', 'mvdr_loading', 'mvdr_bins_per_band')
 
 
 def check_frontend_compatible(model_frontend: dict, ds_frontend: dict) -> None:
-    """The dataset's features must be what the student was trained on (ILD/GCC may be extra)."""
+    """The dataset's features must be what the student was trained on (ILD/GCC/MVDR may be extra).
+    Both are compared with their defaults filled in (front ends stored before a key existed)."""
+    from mmdistill_student.frontend import FrontendConfig
+    model_frontend, ds_frontend = (FrontendConfig.from_dict(dict(d)).to_dict() for d in (model_frontend, ds_frontend))
     bad = [k for k in _FRONTEND_MUST_MATCH if model_frontend.get(k) != ds_frontend.get(k)]
     if bad:
         raise ConfigError('dataset front end differs from the checkpoint\'s in ' + ', '.join(
@@ -49,7 +52,7 @@ def student_predictor(model, meta: dict, ds: DistillDataset, score_threshold: fl
     if cfg.get('features'):
         features = cfg['features']
     elif fe.get('kind') == 'acoustic_image':
-        features = ['srp', 'das']
+        features = ['srp', 'das'] + (['mvdr'] if fe.get('mvdr') else [])
     else:
         features = ['logmel'] + (['ild'] if fe.get('use_ild') else []) + (['gcc'] if fe.get('use_gccphat') else [])
     plan = plan_channels(ds.frontend.to_dict(), ds.feature_groups, features, cfg.get('mics'))

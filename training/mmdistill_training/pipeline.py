@@ -281,7 +281,7 @@ def run_demo(out: Path, plan: DemoPlan, quick: bool) -> Path:
     name = 'dataset'
     dataset = out / 'dataset'
     dargs = ['dataset', 'build', '--bags', *[labelled[d] for d in drives], '--out', dataset,
-             '--features', 'srp,das', '--frame-stride', plan.dataset_frame_stride]
+             '--features', 'srp,das,mvdr', '--frame-stride', plan.dataset_frame_stride]
     st.commands[name] = ['mmdistill ' + ' '.join(str(a).replace(str(out) + '/', '') for a in dargs)]
     if st.start(name):
         if dataset.exists():

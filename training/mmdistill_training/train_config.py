@@ -24,7 +24,7 @@ TARGETS = ('fused', 'rgb', 'depth', 'thermal', 'ground_truth')
 #: headline rule) trains the upper-bound row only, never the headline student
 TEACHER_TARGETS = ('rgb', 'depth', 'thermal')
 FEATURES = ('logmel', 'ild', 'gcc')
-ACOUSTIC_FEATURES = ('srp', 'das')
+ACOUSTIC_FEATURES = ('srp', 'das', 'mvdr')
 
 DEFAULTS: Dict[str, Any] = {
     'name': 'student',

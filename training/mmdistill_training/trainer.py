@@ -69,7 +69,7 @@ class ChannelPlan:
 
 
 #: feature groups of the acoustic-image front end (channels x columns x time)
-ACOUSTIC_GROUPS = ('srp', 'das')
+ACOUSTIC_GROUPS = ('srp', 'das', 'mvdr')
 
 
 def plan_channels(ds_frontend: dict, ds_groups: Dict[str, Sequence[int]], features: Sequence[str],
@@ -82,6 +82,8 @@ def plan_channels(ds_frontend: dict, ds_groups: Dict[str, Sequence[int]], featur
     fe = dict(ds_frontend)
     fe['use_ild'] = 'ild' in features
     fe['use_gccphat'] = 'gcc' in features
+    if fe.get('kind') == 'acoustic_image':
+        fe['mvdr'] = 'mvdr' in features      # computed at run time only when the student reads it
     fcfg = FrontendConfig.from_dict(fe)
     groups = feature_groups(fcfg)
     n_mics = fcfg.channels
@@ -97,7 +99,7 @@ def plan_channels(ds_frontend: dict, ds_groups: Dict[str, Sequence[int]], featur
         ds_start = int(ds_groups[g][0])
         for k in range(stop - start):
             if g in ACOUSTIC_GROUPS:
-                ok = True                 # every direction uses every microphone
+                ok = g in features        # every direction uses every microphone
             elif g in ('logmel', 'ild'):
                 ok = k in keep
             else:

@@ -77,17 +77,34 @@ def test_mirror_refused_for_asymmetric_geometry():
     assert mirror_plan(None, 384, plan, GROUPS) is None
 
 
-def test_acoustic_image_mirror_equals_features_of_mirrored_audio():
+def test_acoustic_groups_select_channels_and_switch_the_mvdr_map():
+    """A dataset with srp, das and mvdr: a student reading mvdr and das takes dataset channels 8-23
+    and computes the MVDR map at run time; one reading srp and das does not compute it."""
+    geo = {'mic_positions_m': [[0.15 * np.cos(a), 0.15 * np.sin(a), 1.7] for a in np.arange(8) * np.pi / 4],
+           'camera': {'width': 768, 'height': 256, 'fx': 384.0}}
+    ds = FrontendConfig(kind='acoustic_image', hop=1024, columns=96, geometry=geo, mvdr=True)
+    groups = feature_groups(ds)
+    assert groups == {'srp': (0, 8), 'das': (8, 16), 'mvdr': (16, 24)}
+    p = plan_channels(ds.to_dict(), groups, ['mvdr', 'das'])
+    assert p.frontend['mvdr'] and p.dataset_channels == list(range(8, 24)) and p.input_channels == list(range(8, 24))
+    p = plan_channels(ds.to_dict(), groups, ['srp', 'das'])
+    assert not p.frontend['mvdr'] and p.dataset_channels == list(range(16)) and p.input_channels is None
+    with pytest.raises(ConfigError, match='mvdr'):
+        plan_channels(ds.to_dict(), {'srp': (0, 8), 'das': (8, 16)}, ['mvdr', 'das'])
+
+
+@pytest.mark.parametrize('features', [['srp', 'das'], ['das', 'mvdr']])
+def test_acoustic_image_mirror_equals_features_of_mirrored_audio(features):
     """Mirroring the acoustic image flips its columns: equal to the features of the audio with
-    the microphones swapped across the forward axis."""
+    the microphones swapped across the forward axis (the MVDR map too)."""
     sc = load_scenario('day-static')
     geo = {'mic_positions_m': sc.mic_array.positions().tolist(),
            'camera': {'width': sc.camera.width, 'height': sc.camera.height, 'fx': sc.camera.fx,
                       'cx': sc.camera.width / 2, 'cy': sc.camera.height / 2}}
     fcfg = FrontendConfig(kind='acoustic_image', hop=512, columns=sc.camera.width // 8, geometry=geo,
-                          window_s=0.25)
+                          window_s=0.25, mvdr='mvdr' in features)
     groups = feature_groups(fcfg)
-    plan = plan_channels(fcfg.to_dict(), groups, ['srp', 'das'])
+    plan = plan_channels(fcfg.to_dict(), groups, features)
     mirror = mirror_plan(geo, sc.camera.width, plan, groups)
     assert mirror is not None
     rng = np.random.default_rng(1)
@@ -96,7 +113,8 @@ def test_acoustic_image_mirror_equals_features_of_mirrored_audio():
     x = np.stack([g * src[d:d + n] for d, g in zip([0, 3, 5, 6, 5, 3, 1, 0], np.linspace(0.6, 1.0, 8))])
     sigma = [(-k) % 8 for k in range(8)]
     fe = Frontend(fcfg)
-    f = fe(torch.from_numpy(x))
+    f = fe(torch.from_numpy(x))[:, plan.dataset_channels]
     mirrored = _mirror_features(f.clone(), mirror)
-    torch.testing.assert_close(mirrored, fe(torch.from_numpy(x[sigma].copy())), atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(mirrored, fe(torch.from_numpy(x[sigma].copy()))[:, plan.dataset_channels],
+                               atol=2e-3, rtol=1e-3)
     assert not torch.allclose(f, mirrored, atol=1e-1)

@@ -275,6 +275,8 @@ def test_missing_topics_corrupt_bags_and_bad_options(bags, tmp_path, capsys):
     assert 'cannot open bag' in _cli_error(tmp_path, capsys, [corrupt])
     assert 'nosuchbag' in _cli_error(tmp_path, capsys, [tmp_path / 'nosuchbag'])
     assert 'logmel' in _cli_error(tmp_path, capsys, [bags['plain']], '--features', 'ild,gcc')
+    assert 'srp,das,mvdr' in _cli_error(tmp_path, capsys, [bags['plain']], '--features', 'das,mvdr')
+    assert 'srp,das,mvdr' in _cli_error(tmp_path, capsys, [bags['plain']], '--features', 'srp,das,mvdr,logmel')
     assert 'frame-stride' in _cli_error(tmp_path, capsys, [bags['plain']], '--frame-stride', '0')
     assert 'window-s' in _cli_error(tmp_path, capsys, [bags['plain']], '--window-s', '0')
     # a bag whose every window is incomplete: nothing to write

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help='seconds of audio per window (default 1, the paper\'s; in [0.1, 4])')
     b.add_argument('--features', default='logmel,ild,gcc',
                    help='comma-separated feature groups: logmel,ild,gcc (logmel required) for the spectrogram '
-                        'encoder, or srp,das for the acoustic image (default logmel,ild,gcc)')
+                        'encoder, or srp,das for the acoustic image, srp,das,mvdr with the MVDR map (default logmel,ild,gcc)')
     b.add_argument('--geometry', type=Path, metavar='FILE.json',
                    help='array and camera calibration {"mic_positions_m": [[x, y, z], ...], "camera": {width, '
                         'height, fx, cx, cy, x_m, height_m, pitch_deg}} (ego frame: x forward, y left, z up); '
