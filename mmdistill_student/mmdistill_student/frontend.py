@@ -808,28 +808,24 @@ class StreamingFrontend:
         the others once, when they first appear. Two calls of the module: the window's first
         ``smooth`` frames, and every frame from the first one not cached on."""
         mv, T, S = self.frontend.mvdr, self.cfg.n_frames, self.frontend.mvdr.smooth
-        bins = mv.bins
-        if self._spec is None:
-            self._spec = np.zeros((2, self.cfg.channels, 2 * T, len(bins)), np.float32)
+        if self._spec is None:    # complex frames (slot, bin, microphone): the compiled kernel's layout
+            self._spec = np.zeros((2 * T, len(mv.bins), self.cfg.channels), np.complex64)
             self._mcols = np.zeros((mv.out_channels, mv.columns, 2 * T), np.float32)
-        x = torch.stack([spec.real[0].index_select(-1, bins), spec.imag[0].index_select(-1, bins)]).numpy()
-        self._spec[:, :, slots] = x
-        self._spec[:, :, slots + T] = x
+        x = spec[0].index_select(-1, mv.bins).permute(1, 2, 0).numpy()         # (m, K, M)
+        self._spec[slots] = x
+        self._spec[slots + T] = x
         p = base % T
-        xs = torch.from_numpy(self._spec[:, :, p:p + T])                      # (2, M, T, K) this window
+        xs = self._spec[None, p:p + T]                                          # (1, T, K, M) this window
         t = np.arange(T)
         full = (t >= S) & (t <= self._k_hi)
         cached = full & (self._mvdr_frame[(base + t) % T] == base + t)
         f0 = int(np.flatnonzero(~cached & (t >= S))[0]) if S < T else T
         out = np.empty((mv.out_channels, mv.columns, T), np.float32)
         h = min(S, T)             # the first frames share frame h - 1's covariance (see MvdrImage)
-        cr, ci = mv.covariance(xs[0, None, :, :h], xs[1, None, :, :h])
-        cr, ci = cr[:, h - 1:], ci[:, h - 1:]
-        if f0 < T:                # the tail with its history, in the same call
-            a = f0 - S + 1
-            tr, ti = mv.covariance(xs[0, None, :, a:], xs[1, None, :, a:])
-            cr, ci = torch.cat([cr, tr[:, S - 1:]], dim=1), torch.cat([ci, ti[:, S - 1:]], dim=1)
-        p_db = mv.power(cr, ci)[0].numpy()
+        terms = mv.terms_of_frames(xs[:, :h], h - 1)
+        if f0 < T:                # the tail with its history; one call for both
+            terms = torch.cat([terms, mv.terms_of_frames(xs[:, f0 - S + 1:], S - 1)], dim=1)
+        p_db = mv.power(terms)[0].numpy()
         out[..., :h] = p_db[..., :1]
         if f0 < T:
             tail = p_db[..., 1:]

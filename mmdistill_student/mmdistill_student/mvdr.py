@@ -35,36 +35,61 @@ from .acoustic_image import DEFAULT_BANDS_HZ, _band_bins, column_directions, ste
 __all__ = ['MvdrImage', 'hermitian_inverse']
 
 
-try:  # numba ships with librosa; torch is used where it is missing, disabled, or exporting
+try:  # numba ships with librosa; the torch ops are used where it is missing, disabled, or exporting
     if os.environ.get('MMDISTILL_STUDENT_NUMBA', '1') == '0':
         raise ImportError
     import numba
 
     @numba.njit(cache=True, fastmath=False, nogil=True)
-    def _gauss_jordan_numba(a):  # pragma: no cover - compiled
-        n, m = a.shape[0], a.shape[1]
-        out = np.empty_like(a)
-        w = np.empty((m, 2 * m), a.dtype)
-        for b in range(n):
-            for i in range(m):
-                for j in range(m):
-                    w[i, j] = a[b, i, j]
-                    w[i, m + j] = 1.0 if i == j else 0.0
-            for i in range(m):
-                inv_p = 1.0 / w[i, i].real
-                for j in range(2 * m):
-                    w[i, j] *= inv_p
-                for r in range(m):
-                    if r != i:
-                        c = w[r, i]
-                        for j in range(2 * m):
-                            w[r, j] -= c * w[i, j]
-            for i in range(m):
-                for j in range(m):
-                    out[b, i, j] = w[i, m + j]
+    def _inverse_terms_numba(x, smooth, loading, first, pi, pj):  # pragma: no cover - compiled
+        """:meth:`MvdrImage.inverse_terms` in one pass over complex frames ``(B, T, K, M)``: per
+        output frame and bin the smoothed, loaded covariance, inverted in place (Gauss-Jordan),
+        and the terms the quadratic forms read."""
+        B, T, K, m = x.shape
+        P = pi.shape[0]
+        s = min(smooth, T)
+        inv_s = np.float32(1.0 / s)
+        zero = np.complex64(0.0)
+        out = np.empty((B, T - first, K, m + 2 * P), np.float32)
+        w = np.empty((m, m), np.complex64)
+        for b in range(B):
+            for t in range(first, T):
+                te = max(t, s - 1)                 # the first frames share frame s - 1's covariance
+                for k in range(K):
+                    for i in range(m):
+                        for j in range(i, m):
+                            acc = zero
+                            for u in range(te - s + 1, te + 1):
+                                acc += x[b, u, k, i] * np.conj(x[b, u, k, j])
+                            acc *= inv_s
+                            w[i, j] = acc
+                            w[j, i] = np.conj(acc)
+                    lam = np.float32(0.0)
+                    for i in range(m):
+                        lam += w[i, i].real
+                    lam = np.float32(loading) * lam / m + np.float32(1e-12)
+                    for i in range(m):
+                        w[i, i] += lam
+                    for i in range(m):
+                        inv_p = np.float32(1.0) / w[i, i].real
+                        w[i, i] = np.complex64(1.0)
+                        for j in range(m):
+                            w[i, j] *= inv_p
+                        for r in range(m):
+                            if r != i:
+                                c = w[r, i]
+                                w[r, i] = zero
+                                for j in range(m):
+                                    w[r, j] -= c * w[i, j]
+                    for i in range(m):
+                        out[b, t - first, k, i] = w[i, i].real
+                    for q in range(P):
+                        v = w[pi[q], pj[q]]
+                        out[b, t - first, k, m + q] = v.real
+                        out[b, t - first, k, m + P + q] = v.imag
         return out
 except ImportError:  # pragma: no cover - numba is a librosa dependency
-    _gauss_jordan_numba = None
+    _inverse_terms_numba = None
 
 
 def hermitian_inverse(re: torch.Tensor, im: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -76,11 +101,6 @@ def hermitian_inverse(re: torch.Tensor, im: torch.Tensor) -> Tuple[torch.Tensor,
     ``i`` is normalised in one update."""
     m = re.shape[-1]
     eye = torch.eye(m, dtype=re.dtype, device=re.device)
-    if _gauss_jordan_numba is not None and not torch.onnx.is_in_onnx_export() and not re.requires_grad \
-            and re.device.type == 'cpu' and re.dtype == torch.float32:   # the same steps compiled (the step's cost)
-        a = torch.complex(re, im).reshape(-1, m, m).numpy()
-        out = torch.from_numpy(_gauss_jordan_numba(np.ascontiguousarray(a))).view(re.shape)
-        return out.real, out.imag
     if not torch.onnx.is_in_onnx_export():      # the same steps on complex tensors: a third of the ops
         a = torch.cat([torch.complex(re, im), eye.expand(re.shape).to(torch.complex64 if re.dtype == torch.float32
                                                                           else torch.complex128)], dim=-1)
@@ -127,6 +147,7 @@ class MvdrImage(torch.nn.Module):
         weights = np.concatenate([np.ones((len(w), columns, channels)), 2 * np.cos(ph), -2 * np.sin(ph)], axis=2)
         self.register_buffer('weights', torch.from_numpy(weights.transpose(0, 2, 1).astype(np.float32)),
                              persistent=False)                                     # (K, M + 2P, D)
+        self._pi, self._pj = i, j
         self.register_buffer('pair_i', torch.from_numpy(i), persistent=False)
         self.register_buffer('pair_j', torch.from_numpy(j), persistent=False)
         band = np.zeros((len(keep), self.n_bands), np.float32)
@@ -171,17 +192,35 @@ class MvdrImage(torch.nn.Module):
     def forward_selected(self, xr: torch.Tensor, xi: torch.Tensor, first: int = 0) -> torch.Tensor:
         """:meth:`forward_parts` on frames already reduced to :attr:`bins` ``(B, M, T, K)``; only
         frames ``first..T-1`` are returned (the earlier ones serve as their history)."""
+        return self.power(self.inverse_terms(xr, xi, first))
+
+    def inverse_terms(self, xr: torch.Tensor, xi: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """Frames ``(B, M, T, K)`` -> per frame ``first..T-1`` and bin the terms of ``R^-1`` that the
+        quadratic forms read, ``(B, T - first, K, M + 2P)``: its diagonal, then the real and
+        imaginary parts above it. Compiled in one pass where numba is available (the streaming
+        step's cost), else torch ops (also what is exported)."""
+        if _inverse_terms_numba is not None and not torch.onnx.is_in_onnx_export() and not xr.requires_grad \
+                and xr.device.type == 'cpu':
+            return self.terms_of_frames(torch.complex(xr.float(), xi.float()).permute(0, 2, 3, 1).numpy(), first)
         cr, ci = self.covariance(xr, xi)
         if first:
             cr, ci = cr[:, first:], ci[:, first:]
-        return self.power(cr, ci)
-
-    def power(self, cr: torch.Tensor, ci: torch.Tensor) -> torch.Tensor:
-        """Loaded covariance ``(B, T, K, M, M)`` -> band MVDR power ``(B, n_bands, columns, T)`` dB."""
-        B, T = cr.shape[0], cr.shape[1]
         ir, ii = hermitian_inverse(cr, ci)                                         # (B, T, K, M, M)
-        feats = torch.cat([torch.diagonal(ir, dim1=-2, dim2=-1), ir[..., self.pair_i, self.pair_j],
-                           ii[..., self.pair_i, self.pair_j]], dim=-1)             # (B, T, K, M + 2P)
+        return torch.cat([torch.diagonal(ir, dim1=-2, dim2=-1), ir[..., self.pair_i, self.pair_j],
+                          ii[..., self.pair_i, self.pair_j]], dim=-1)
+
+    def terms_of_frames(self, x: np.ndarray, first: int = 0) -> torch.Tensor:
+        """:meth:`inverse_terms` of complex frames laid out ``(B, T, K, M)`` (the streaming cache's
+        layout), compiled where numba is available."""
+        if _inverse_terms_numba is None:
+            t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+            return self.inverse_terms(t.real, t.imag, first)
+        return torch.from_numpy(_inverse_terms_numba(np.ascontiguousarray(x, np.complex64), self.smooth,
+                                                     self.loading, int(first), self._pi, self._pj))
+
+    def power(self, feats: torch.Tensor) -> torch.Tensor:
+        """:meth:`inverse_terms` ``(B, T, K, M + 2P)`` -> band MVDR power ``(B, n_bands, columns, T)`` dB."""
+        B, T = feats.shape[0], feats.shape[1]
         K = feats.shape[2]
         q = torch.bmm(feats.permute(2, 0, 1, 3).reshape(K, B * T, -1), self.weights)   # (K, BT, D)
         p = 1.0 / torch.clamp(q, min=1e-20)

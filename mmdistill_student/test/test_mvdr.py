@@ -52,18 +52,29 @@ def _hermitian(n, m=8, seed=0):
     return x @ x.conj().transpose(-1, -2) + 0.1 * torch.eye(m)
 
 
-def test_hermitian_inverse_matches_linalg_on_every_path(monkeypatch):
+def test_hermitian_inverse_matches_linalg_on_both_paths(monkeypatch):
     r = _hermitian(40)
     ref = torch.linalg.inv(r)
-    got = hermitian_inverse(r.real.contiguous(), r.imag.contiguous())            # compiled (numba)
-    monkeypatch.setattr(mvdr_mod, '_gauss_jordan_numba', None)
     got_c = hermitian_inverse(r.real.contiguous(), r.imag.contiguous())          # complex torch
     monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: True)
     got_r = hermitian_inverse(r.real.contiguous(), r.imag.contiguous())          # real parts (export)
     scale = ref.abs().max().item()
-    for gr, gi in (got, got_c, got_r):
+    for gr, gi in (got_c, got_r):
         assert (gr - ref.real).abs().max().item() < 1e-5 * scale
         assert (gi - ref.imag).abs().max().item() < 1e-5 * scale
+
+
+@pytest.mark.skipif(mvdr_mod._inverse_terms_numba is None, reason='numba (a librosa dependency) is missing')
+@pytest.mark.parametrize('frames,first,smooth', [(9, 4, 5), (5, 4, 5), (3, 0, 5), (7, 2, 1)])
+def test_compiled_inverse_terms_equal_the_torch_ops(monkeypatch, frames, first, smooth):
+    m = MvdrImage(_geometry(), 8, FS, 1024, 16, smooth=smooth)
+    g = torch.Generator().manual_seed(frames)
+    xr, xi = torch.randn(2, 8, frames, 6, generator=g), torch.randn(2, 8, frames, 6, generator=g)
+    got = m.inverse_terms(xr, xi, first)
+    monkeypatch.setattr(mvdr_mod, '_inverse_terms_numba', None)
+    ref = m.inverse_terms(xr, xi, first)
+    assert got.shape == ref.shape == (2, frames - first, 6, 8 + 2 * 28)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
 def test_covariance_is_the_causal_mean_with_the_first_frames_sharing_one():
