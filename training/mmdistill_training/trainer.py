@@ -577,7 +577,7 @@ def train(cfg: TrainConfig, dataset_dir: Path, out_dir: Path, init: Optional[str
         all_val = ds.split_indices('val')
         operating = _calibrate_checkpoint(out_dir, ds, all_val, plan.dataset_channels,
                                           refs_val if len(all_val) == len(val_rows)
-                                          else reference_frames(ds, all_val, targets, *rule),
+                                          else reference_frames(ds, all_val, cfg.targets, *rule),
                                           cfg.eval['score_threshold'], cfg.eval['operating_point'])
     summary = {'stage': cfg.stage, 'monitor': monitor, 'best': best, 'best_epoch': best_epoch,
                'operating_point': operating,
