@@ -218,6 +218,11 @@ class MvdrImage(torch.nn.Module):
         return torch.from_numpy(_inverse_terms_numba(np.ascontiguousarray(x, np.complex64), self.smooth,
                                                      self.loading, int(first), self._pi, self._pj))
 
+    def warm_up(self) -> None:
+        """Compile (or load from numba's cache) the kernel now: the first call takes seconds,
+        which a node must spend before audio arrives, not on its first window."""
+        self.terms_of_frames(np.zeros((1, 1, 1, self.channels), np.complex64))
+
     def power(self, feats: torch.Tensor) -> torch.Tensor:
         """:meth:`inverse_terms` ``(B, T, K, M + 2P)`` -> band MVDR power ``(B, n_bands, columns, T)`` dB."""
         B, T = feats.shape[0], feats.shape[1]

@@ -192,3 +192,12 @@ def test_bad_mvdr_settings_are_refused():
             _config(_geometry(), **kw)
     with pytest.raises(ConfigError, match='MVDR'):
         MvdrImage(_geometry(), 8, FS, 1024, 24, smooth=0)
+
+
+@pytest.mark.skipif(mvdr_mod._inverse_terms_numba is None, reason='numba (a librosa dependency) is missing')
+def test_warm_up_compiles_the_kernel_before_the_first_window():
+    m = MvdrImage(_geometry(), 8, FS, 1024, 16)
+    m.warm_up()
+    assert mvdr_mod._inverse_terms_numba.signatures        # compiled (or loaded) for complex64 frames
+    x = np.zeros((1, 3, 2, 8), np.complex64)
+    assert m.terms_of_frames(x, 2).shape == (1, 1, 2, 8 + 2 * 28)
