@@ -15,9 +15,11 @@ steering error and to a rank-deficient ``R``). The band's value is ``10 log10`` 
 dB like the beam energy. Steering is :func:`~.acoustic_image.column_directions`, the same as the acoustic
 image.
 
-Real arithmetic only (real and imaginary parts passed separately, the inverse by Gauss-Jordan
-elimination unrolled over the microphones: ``R`` is Hermitian positive definite once loaded, so
-no pivoting is needed), so the module exports to ONNX like :class:`~.acoustic_image.AcousticImage`.
+Exported to ONNX like :class:`~.acoustic_image.AcousticImage`: real arithmetic only (real and
+imaginary parts passed separately, the inverse by Gauss-Jordan elimination unrolled over the
+microphones; ``R`` is Hermitian positive definite once loaded, so no pivoting is needed). On the
+CPU, numba (which librosa ships) does covariance, in-place inverse and quadratic-form terms in one
+compiled pass, tested equal to the torch ops: the torch ops cost a streaming step 18 ms.
 """
 from __future__ import annotations
 
