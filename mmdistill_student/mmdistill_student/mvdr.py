@@ -103,12 +103,6 @@ def hermitian_inverse(re: torch.Tensor, im: torch.Tensor) -> Tuple[torch.Tensor,
     ``i`` is normalised in one update."""
     m = re.shape[-1]
     eye = torch.eye(m, dtype=re.dtype, device=re.device)
-    if not torch.onnx.is_in_onnx_export():      # the same steps on complex tensors: a third of the ops
-        a = torch.cat([torch.complex(re, im), eye.expand(re.shape).to(torch.complex64 if re.dtype == torch.float32
-                                                                          else torch.complex128)], dim=-1)
-        for i in range(m):
-            a = a - (a[..., :, i:i + 1] - eye[:, i:i + 1]) * (a[..., i:i + 1, :] / a[..., i:i + 1, i:i + 1].real)
-        return a[..., m:].real, a[..., m:].imag
     ar = torch.cat([re, eye.expand(re.shape)], dim=-1)
     ai = torch.cat([im, torch.zeros_like(re)], dim=-1)
     for i in range(m):
