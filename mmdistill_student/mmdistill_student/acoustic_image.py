@@ -35,6 +35,8 @@ import torch
 
 from mmdistill_common.errors import ConfigError
 
+from . import kernels
+
 __all__ = ['DEFAULT_BANDS_HZ', 'column_directions', 'steering_delays', 'AcousticImage',
            'validate_geometry', 'heatmap']
 
@@ -153,6 +155,11 @@ class AcousticImage(torch.nn.Module):
             band[a:c, b] = 1.0 / (c - a)
         self.register_buffer('band_mean', torch.from_numpy(band), persistent=False)
         self.m = float(channels)
+        # the compiled pass's layout: steering (K, M, D), each bin's band and weight
+        self._sr = np.ascontiguousarray(ar.transpose(0, 2, 1), np.float32)
+        self._si = np.ascontiguousarray(ai.transpose(0, 2, 1), np.float32)
+        self._bandk = band.argmax(axis=1).astype(np.int64)
+        self._bandw = band.max(axis=1).astype(np.float32)
 
     @property
     def out_channels(self) -> int:
@@ -165,7 +172,12 @@ class AcousticImage(torch.nn.Module):
         matmul averages the beam powers over each band's bins. Laid out for few frames (a
         streaming step's ~7): each frame's ``[Xr_m, Xi_m]`` pairs stay adjacent (the PHAT
         magnitude broadcasts over them, the steering rows are interleaved to match), so the only
-        copy of the frames is the one that puts the bins first."""
+        copy of the frames is the one that puts the bins first. These ops are the definition (what
+        is exported and differentiated); without gradient on the CPU the compiled pass of
+        :mod:`.kernels` computes the same, faster."""
+        if kernels.usable(re):
+            x = torch.complex(re[..., self.lo:self.hi].float(), im[..., self.lo:self.hi].float())
+            return torch.from_numpy(self.columns_of_frames(x.permute(0, 2, 3, 1).numpy()))
         B, M, T, _ = re.shape
         D, N = self.columns, B * T
         xr, xi = re[..., self.lo:self.hi], im[..., self.lo:self.hi]                 # (B, M, T, K)
@@ -181,6 +193,40 @@ class AcousticImage(torch.nn.Module):
         das = 10.0 * torch.log10(band[:, 1] / (m * m) + 1e-10)
         out = torch.cat([srp, das], dim=0).view(2 * self.n_bands, B, T, D)
         return out.permute(1, 0, 3, 2)
+
+    def columns_of_frames(self, x: np.ndarray, out: Optional[np.ndarray] = None,
+                          slots: Optional[np.ndarray] = None) -> np.ndarray:
+        """Complex frames ``(B, T, K, M)`` of the bins ``lo..hi-1`` -> ``(B, 2 * n_bands, columns, T)``
+        by the compiled pass (:mod:`.kernels`). With ``out`` ``(B, C, columns, S)``: written there
+        at frame ``t``'s ``slots[t]`` (``(T, R)``, ``-1`` for none), the beam energy *linear*
+        (``10 log10`` of it is the dB map; the streaming cache takes the log once per window).
+        Without numba: the torch ops."""
+        B, T = x.shape[:2]
+        db = out is None
+        if db:
+            out = np.empty((B, self.out_channels, self.columns, T), np.float32)
+            slots = np.arange(T)[:, None]
+        if kernels.AVAILABLE:
+            kernels.image_columns(np.ascontiguousarray(x, np.complex64), self._sr, self._si, self._bandk,
+                                  self._bandw, self.n_bands, np.float32(self.eps), out, np.asarray(slots, np.int64))
+            if db:
+                das = out[:, self.n_bands:]
+                np.multiply(np.log10(das, out=das), 10.0, out=das)
+            return out
+        t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        pad = (self.lo, 0)
+        img = self.forward_parts(torch.nn.functional.pad(t.real, pad), torch.nn.functional.pad(t.imag, pad)).numpy()
+        if not db:
+            img[:, self.n_bands:] = 10.0 ** (img[:, self.n_bands:] / 10.0)
+        for r in range(slots.shape[1]):
+            ok = slots[:, r] >= 0
+            out[:, :self.out_channels, :, slots[ok, r]] = img[..., ok]
+        return out
+
+    def warm_up(self) -> None:
+        """Compile (or load from numba's cache) the pass now: the first call takes seconds, which
+        a node must spend before audio arrives, not on its first window."""
+        self.columns_of_frames(np.zeros((1, 1, self.hi - self.lo, self.channels), np.complex64))
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         """Complex STFT frames ``(B, M, T, F)`` -> ``(B, 2 * n_bands, columns, T)``."""

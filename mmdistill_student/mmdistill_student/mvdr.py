@@ -18,80 +18,24 @@ image.
 Exported to ONNX like :class:`~.acoustic_image.AcousticImage`: real arithmetic only (real and
 imaginary parts passed separately, the inverse by Gauss-Jordan elimination unrolled over the
 microphones; ``R`` is Hermitian positive definite once loaded, so no pivoting is needed). On the
-CPU, numba (which librosa ships) does covariance, in-place inverse and quadratic-form terms in one
-compiled pass, tested equal to the torch ops: the torch ops cost a streaming step 18 ms.
+CPU without gradient, one compiled pass (:func:`~.kernels.mvdr_columns`) does covariance,
+in-place inverse, quadratic forms and band means, tested equal to the torch ops (which cost a
+streaming step 18 ms).
 """
 from __future__ import annotations
 
-import os
 from itertools import combinations
-from typing import Mapping, Sequence, Tuple
+from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from mmdistill_common.errors import ConfigError
 
+from . import kernels
 from .acoustic_image import DEFAULT_BANDS_HZ, _band_bins, column_directions, steering_delays, validate_geometry
 
 __all__ = ['MvdrImage', 'hermitian_inverse']
-
-
-try:  # numba ships with librosa; the torch ops are used where it is missing, disabled, or exporting
-    if os.environ.get('MMDISTILL_STUDENT_NUMBA', '1') == '0':
-        raise ImportError
-    import numba
-
-    @numba.njit(cache=True, fastmath=False, nogil=True)
-    def _inverse_terms_numba(x, smooth, loading, first, pi, pj):  # pragma: no cover - compiled
-        """:meth:`MvdrImage.inverse_terms` in one pass over complex frames ``(B, T, K, M)``: per
-        output frame and bin the smoothed, loaded covariance, inverted in place (Gauss-Jordan),
-        and the terms the quadratic forms read."""
-        B, T, K, m = x.shape
-        P = pi.shape[0]
-        s = min(smooth, T)
-        inv_s = np.float32(1.0 / s)
-        zero = np.complex64(0.0)
-        out = np.empty((B, T - first, K, m + 2 * P), np.float32)
-        w = np.empty((m, m), np.complex64)
-        for b in range(B):
-            for t in range(first, T):
-                te = max(t, s - 1)                 # the first frames share frame s - 1's covariance
-                for k in range(K):
-                    for i in range(m):
-                        for j in range(i, m):
-                            acc = zero
-                            for u in range(te - s + 1, te + 1):
-                                acc += x[b, u, k, i] * np.conj(x[b, u, k, j])
-                            acc *= inv_s
-                            w[i, j] = acc
-                            w[j, i] = np.conj(acc)
-                    lam = np.float32(0.0)
-                    for i in range(m):
-                        lam += w[i, i].real
-                    lam = np.float32(loading) * lam / m + np.float32(1e-12)
-                    for i in range(m):
-                        w[i, i] += lam
-                    for i in range(m):
-                        inv_p = np.float32(1.0) / w[i, i].real
-                        w[i, i] = np.complex64(1.0)
-                        for j in range(m):
-                            w[i, j] *= inv_p
-                        for r in range(m):
-                            if r != i:
-                                c = w[r, i]
-                                w[r, i] = zero
-                                for j in range(m):
-                                    w[r, j] -= c * w[i, j]
-                    for i in range(m):
-                        out[b, t - first, k, i] = w[i, i].real
-                    for q in range(P):
-                        v = w[pi[q], pj[q]]
-                        out[b, t - first, k, m + q] = v.real
-                        out[b, t - first, k, m + P + q] = v.imag
-        return out
-except ImportError:  # pragma: no cover - numba is a librosa dependency
-    _inverse_terms_numba = None
 
 
 def hermitian_inverse(re: torch.Tensor, im: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -152,6 +96,16 @@ class MvdrImage(torch.nn.Module):
             band[start:start + len(sel), b] = 1.0 / len(sel)
             start += len(sel)
         self.register_buffer('band_mean', torch.from_numpy(band), persistent=False)
+        # the compiled pass's layout, padded to a multiple of 8 bins (:attr:`padded_bins`): its
+        # elimination runs over the bins in vectors of 8; a padding bin has zero weight
+        k = len(keep)
+        self.padded_bins = -(-k // 8) * 8
+        self._weights = np.zeros((self.padded_bins, channels + 2 * len(pairs), columns), np.float32)
+        self._weights[:k] = weights.transpose(0, 2, 1)
+        self._bandk = np.zeros(self.padded_bins, np.int64)
+        self._bandk[:k] = band.argmax(axis=1)
+        self._bandw = np.zeros(self.padded_bins, np.float32)
+        self._bandw[:k] = band.max(axis=1)
 
     @property
     def out_channels(self) -> int:
@@ -183,41 +137,57 @@ class MvdrImage(torch.nn.Module):
 
     def forward_parts(self, re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
         """Real/imaginary STFT frames ``(B, M, T, F)`` -> ``(B, n_bands, columns, T)`` dB."""
-        return self.forward_selected(re.index_select(-1, self.bins), im.index_select(-1, self.bins))
+        xr, xi = re.index_select(-1, self.bins), im.index_select(-1, self.bins)
+        if kernels.usable(xr):
+            return torch.from_numpy(self.columns_of_frames(xr.float().permute(0, 2, 1, 3).numpy(),
+                                                           xi.float().permute(0, 2, 1, 3).numpy(),
+                                                           np.arange(xr.shape[2])))
+        return self.power(self.inverse_terms(xr, xi))
 
-    def forward_selected(self, xr: torch.Tensor, xi: torch.Tensor, first: int = 0) -> torch.Tensor:
-        """:meth:`forward_parts` on frames already reduced to :attr:`bins` ``(B, M, T, K)``; only
-        frames ``first..T-1`` are returned (the earlier ones serve as their history)."""
-        return self.power(self.inverse_terms(xr, xi, first))
-
-    def inverse_terms(self, xr: torch.Tensor, xi: torch.Tensor, first: int = 0) -> torch.Tensor:
-        """Frames ``(B, M, T, K)`` -> per frame ``first..T-1`` and bin the terms of ``R^-1`` that the
-        quadratic forms read, ``(B, T - first, K, M + 2P)``: its diagonal, then the real and
-        imaginary parts above it. Compiled in one pass where numba is available (the streaming
-        step's cost), else torch ops (also what is exported)."""
-        if _inverse_terms_numba is not None and not torch.onnx.is_in_onnx_export() and not xr.requires_grad \
-                and xr.device.type == 'cpu':
-            return self.terms_of_frames(torch.complex(xr.float(), xi.float()).permute(0, 2, 3, 1).numpy(), first)
+    def inverse_terms(self, xr: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        """Frames ``(B, M, T, K)`` of :attr:`bins` -> per frame and bin the terms of ``R^-1`` that
+        the quadratic forms read, ``(B, T, K, M + 2P)``: its diagonal, then the real and
+        imaginary parts above it (torch ops: what is exported)."""
         cr, ci = self.covariance(xr, xi)
-        if first:
-            cr, ci = cr[:, first:], ci[:, first:]
         ir, ii = hermitian_inverse(cr, ci)                                         # (B, T, K, M, M)
         return torch.cat([torch.diagonal(ir, dim1=-2, dim2=-1), ir[..., self.pair_i, self.pair_j],
                           ii[..., self.pair_i, self.pair_j]], dim=-1)
 
-    def terms_of_frames(self, x: np.ndarray, first: int = 0) -> torch.Tensor:
-        """:meth:`inverse_terms` of complex frames laid out ``(B, T, K, M)`` (the streaming cache's
-        layout), compiled where numba is available."""
-        if _inverse_terms_numba is None:
-            t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-            return self.inverse_terms(t.real, t.imag, first)
-        return torch.from_numpy(_inverse_terms_numba(np.ascontiguousarray(x, np.complex64), self.smooth,
-                                                     self.loading, int(first), self._pi, self._pj))
+    def columns_of_frames(self, xr: np.ndarray, xi: np.ndarray, frames: np.ndarray,
+                          out: Optional[np.ndarray] = None, slots: Optional[np.ndarray] = None) -> np.ndarray:
+        """MVDR dB ``(B, n_bands, columns, len(frames))`` of the listed frames of ``(B, T, M, K)``
+        real and imaginary frames of :attr:`bins` (``K`` the number of bins, or :attr:`padded_bins`
+        with zeros after them: faster; the streaming cache's layout; a frame's covariance reads its ``smooth - 1``
+        predecessors), by the compiled pass. With ``out`` ``(B, C, columns, S)``: written there at
+        the listed frame ``f``'s ``slots[f]`` (``(len(frames), R)``, ``-1`` for none), *linear*
+        (``10 log10`` of it is the dB map; the streaming cache takes the log once per window).
+        Without numba: the torch ops on the whole window."""
+        frames = np.asarray(frames, np.int64)
+        db = out is None
+        if db:
+            out = np.empty((xr.shape[0], self.n_bands, self.columns, len(frames)), np.float32)
+            slots = np.arange(len(frames))[:, None]
+        if kernels.AVAILABLE:
+            kernels.mvdr_columns(np.ascontiguousarray(xr, np.float32), np.ascontiguousarray(xi, np.float32),
+                                 frames, self.smooth, np.float32(self.loading), self._weights, self._pi, self._pj,
+                                 self._bandk, self._bandw, self.n_bands, out, np.asarray(slots, np.int64))
+            if db:
+                np.multiply(np.log10(out, out=out), 10.0, out=out)
+            return out
+        t = [torch.from_numpy(np.ascontiguousarray(a.transpose(0, 2, 1, 3))) for a in (xr, xi)]
+        got = self.power(self.inverse_terms(*t))[..., frames].numpy()
+        if not db:
+            got = 10.0 ** (got / 10.0)
+        for r in range(slots.shape[1]):
+            ok = slots[:, r] >= 0
+            out[:, :self.n_bands, :, slots[ok, r]] = got[..., ok]
+        return out
 
     def warm_up(self) -> None:
-        """Compile (or load from numba's cache) the kernel now: the first call takes seconds,
+        """Compile (or load from numba's cache) the passes now: the first call takes seconds,
         which a node must spend before audio arrives, not on its first window."""
-        self.terms_of_frames(np.zeros((1, 1, 1, self.channels), np.complex64))
+        z = np.zeros((1, 1, self.channels, len(self.bins)), np.float32)
+        self.columns_of_frames(z, z, np.zeros(1, np.int64))
 
     def power(self, feats: torch.Tensor) -> torch.Tensor:
         """:meth:`inverse_terms` ``(B, T, K, M + 2P)`` -> band MVDR power ``(B, n_bands, columns, T)`` dB."""

@@ -81,8 +81,7 @@ class StudentRuntime:
         self.class_names = tuple(model.config.class_names)
         # the model's own Frontend: same normalisation statistics as in training
         self.frontend = StreamingFrontend(fe, capacity_s=capacity_s, frontend=model.frontend)
-        if model.frontend.mvdr is not None:
-            model.frontend.mvdr.warm_up()
+        model.frontend.warm_up()       # compiled passes: seconds on first use, spent before the audio
         self.stream: Optional[Tuple[int, int]] = (fe.channels, fe.sample_rate)
         self.stream_error: Optional[str] = None
         self.stats: Dict[str, int] = {'windows': 0, 'skipped': 0, 'resets': 0, 'resyncs': 0,

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mmdistill_common.errors import ConfigError
+from mmdistill_student import kernels
 from mmdistill_student.acoustic_image import AcousticImage, column_directions, steering_delays
 from mmdistill_student.frontend import Frontend, FrontendConfig, StreamingFrontend
 
@@ -118,6 +119,26 @@ def test_streaming_equals_full_and_computes_only_new_frames():
     # after the first window, a 100-ms step computes the ~9 new frames plus the 2 edge frames
     assert per_step[0] == cfg.n_frames
     assert max(per_step[1:3]) <= int(math.ceil(0.1 * FS / cfg.hop)) + 3
+
+
+@pytest.mark.skipif(not kernels.AVAILABLE, reason='numba (a librosa dependency) is missing')
+@pytest.mark.parametrize('batch,frames,columns', [(1, 1, 96), (2, 7, 48), (3, 44, 5)])
+def test_compiled_pass_equals_the_torch_ops(monkeypatch, batch, frames, columns):
+    ai = AcousticImage(_geometry(), 8, FS, 1024, columns)
+    g = torch.Generator().manual_seed(frames)
+    re, im = torch.randn(batch, 8, frames, 513, generator=g), torch.randn(batch, 8, frames, 513, generator=g)
+    re[0, 3, 0, ai.lo:ai.lo + 4] = 0.0                     # silent bins: PHAT must stay finite
+    im[0, 3, 0, ai.lo:ai.lo + 4] = 0.0
+    got = ai.forward_parts(re, im)
+    monkeypatch.setattr(kernels, 'AVAILABLE', False)
+    ref = ai.forward_parts(re, im)
+    assert got.shape == ref.shape == (batch, 2 * ai.n_bands, columns, frames)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    with torch.enable_grad():                               # a gradient wanted: the torch ops
+        monkeypatch.setattr(kernels, 'AVAILABLE', True)
+        r = torch.randn(re.shape, generator=g, requires_grad=True)
+        ai.forward_parts(r, im + 1.0).sum().backward()
+    assert r.grad is not None and torch.isfinite(r.grad).all()
 
 
 def test_onnx_export_matches_torch(tmp_path):

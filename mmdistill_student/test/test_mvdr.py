@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmdistill_common.errors import ConfigError
-from mmdistill_student import mvdr as mvdr_mod
+from mmdistill_student import kernels
 from mmdistill_student.acoustic_image import column_directions
 from mmdistill_student.frontend import Frontend, FrontendConfig, StreamingFrontend
 from mmdistill_student.mvdr import MvdrImage, hermitian_inverse
@@ -64,17 +64,26 @@ def test_hermitian_inverse_matches_linalg_on_both_paths(monkeypatch):
         assert (gi - ref.imag).abs().max().item() < 1e-5 * scale
 
 
-@pytest.mark.skipif(mvdr_mod._inverse_terms_numba is None, reason='numba (a librosa dependency) is missing')
-@pytest.mark.parametrize('frames,first,smooth', [(9, 4, 5), (5, 4, 5), (3, 0, 5), (7, 2, 1)])
-def test_compiled_inverse_terms_equal_the_torch_ops(monkeypatch, frames, first, smooth):
+@pytest.mark.skipif(not kernels.AVAILABLE, reason='numba (a librosa dependency) is missing')
+@pytest.mark.parametrize('frames,smooth', [(9, 5), (5, 5), (3, 5), (7, 1)])
+def test_compiled_pass_equals_the_torch_ops(monkeypatch, frames, smooth):
     m = MvdrImage(_geometry(), 8, FS, 1024, 16, smooth=smooth)
     g = torch.Generator().manual_seed(frames)
-    xr, xi = torch.randn(2, 8, frames, 6, generator=g), torch.randn(2, 8, frames, 6, generator=g)
-    got = m.inverse_terms(xr, xi, first)
-    monkeypatch.setattr(mvdr_mod, '_inverse_terms_numba', None)
-    ref = m.inverse_terms(xr, xi, first)
-    assert got.shape == ref.shape == (2, frames - first, 6, 8 + 2 * 28)
-    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    re, im = torch.randn(2, 8, frames, 300, generator=g), torch.randn(2, 8, frames, 300, generator=g)
+    got = m.forward_parts(re, im)
+    xr, xi = (a.index_select(-1, m.bins).permute(0, 2, 1, 3).numpy() for a in (re, im))   # (B, T, M, K)
+    some = np.array([frames - 1, 0, frames // 2])
+    picked = m.columns_of_frames(xr, xi, some)
+    monkeypatch.setattr(kernels, 'AVAILABLE', False)
+    ref = m.forward_parts(re, im)
+    assert got.shape == ref.shape == (2, m.n_bands, 16, frames)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(picked, ref[..., some].numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(m.columns_of_frames(xr, xi, some), picked, rtol=1e-4, atol=1e-3)  # torch fallback
+    monkeypatch.setattr(kernels, 'AVAILABLE', True)
+    pad = [(0, 0)] * 3 + [(0, m.padded_bins - xr.shape[-1])]             # the streaming cache's layout
+    assert m.padded_bins % 8 == 0 and m.padded_bins >= xr.shape[-1]
+    np.testing.assert_allclose(m.columns_of_frames(np.pad(xr, pad), np.pad(xi, pad), some), picked, rtol=1e-5, atol=1e-4)
 
 
 def test_covariance_is_the_causal_mean_with_the_first_frames_sharing_one():
@@ -194,10 +203,10 @@ def test_bad_mvdr_settings_are_refused():
         MvdrImage(_geometry(), 8, FS, 1024, 24, smooth=0)
 
 
-@pytest.mark.skipif(mvdr_mod._inverse_terms_numba is None, reason='numba (a librosa dependency) is missing')
-def test_warm_up_compiles_the_kernel_before_the_first_window():
-    m = MvdrImage(_geometry(), 8, FS, 1024, 16)
-    m.warm_up()
-    assert mvdr_mod._inverse_terms_numba.signatures        # compiled (or loaded) for complex64 frames
-    x = np.zeros((1, 3, 2, 8), np.complex64)
-    assert m.terms_of_frames(x, 2).shape == (1, 1, 2, 8 + 2 * 28)
+@pytest.mark.skipif(not kernels.AVAILABLE, reason='numba (a librosa dependency) is missing')
+def test_warm_up_compiles_the_passes_before_the_first_window():
+    fe = Frontend(_config(_geometry(), columns=16))
+    fe.warm_up()
+    assert kernels.mvdr_columns.signatures and kernels.image_columns.signatures   # compiled or loaded
+    z = np.zeros((1, 6, 8, len(fe.mvdr.bins)), np.float32)
+    assert fe.mvdr.columns_of_frames(z, z, np.array([5, 2])).shape == (1, fe.cfg.n_bands, 16, 2)
