@@ -177,7 +177,7 @@ class AcousticImage(torch.nn.Module):
         :mod:`.kernels` computes the same, faster."""
         if kernels.usable(re):
             x = torch.complex(re[..., self.lo:self.hi].float(), im[..., self.lo:self.hi].float())
-            return torch.from_numpy(self.columns_of_frames(x.permute(0, 2, 3, 1).numpy()))
+            return torch.from_numpy(self.columns_of_frames(x.transpose(1, 2).numpy(), lo=0))
         B, M, T, _ = re.shape
         D, N = self.columns, B * T
         xr, xi = re[..., self.lo:self.hi], im[..., self.lo:self.hi]                 # (B, M, T, K)
@@ -195,25 +195,27 @@ class AcousticImage(torch.nn.Module):
         return out.permute(1, 0, 3, 2)
 
     def columns_of_frames(self, x: np.ndarray, out: Optional[np.ndarray] = None,
-                          slots: Optional[np.ndarray] = None) -> np.ndarray:
-        """Complex frames ``(B, T, K, M)`` of the bins ``lo..hi-1`` -> ``(B, 2 * n_bands, columns, T)``
-        by the compiled pass (:mod:`.kernels`). With ``out`` ``(B, C, columns, S)``: written there
-        at frame ``t``'s ``slots[t]`` (``(T, R)``, ``-1`` for none), the beam energy *linear*
-        (``10 log10`` of it is the dB map; the streaming cache takes the log once per window).
-        Without numba: the torch ops."""
+                          slots: Optional[np.ndarray] = None, lo: Optional[int] = None) -> np.ndarray:
+        """Complex STFT frames ``(B, T, M, F)`` (any strides; the band bins start at ``lo``,
+        default :attr:`lo`: full spectra) -> ``(B, 2 * n_bands, columns, T)`` by the compiled pass
+        (:mod:`.kernels`). With ``out`` ``(B, C, columns, S)``: written there at frame ``t``'s
+        ``slots[t]`` (``(T, R)``, ``-1`` for none), the beam energy *linear* (``10 log10`` of it
+        is the dB map; the streaming cache takes the log once per window). Without numba: the
+        torch ops."""
         B, T = x.shape[:2]
+        lo = self.lo if lo is None else int(lo)
         db = out is None
         if db:
             out = np.empty((B, self.out_channels, self.columns, T), np.float32)
             slots = np.arange(T)[:, None]
         if kernels.AVAILABLE:
-            kernels.image_columns(np.ascontiguousarray(x, np.complex64), self._sr, self._si, self._bandk,
+            kernels.image_columns(x.astype(np.complex64, copy=False), lo, self._sr, self._si, self._bandk,
                                   self._bandw, self.n_bands, np.float32(self.eps), out, np.asarray(slots, np.int64))
             if db:
                 das = out[:, self.n_bands:]
                 np.multiply(np.log10(das, out=das), 10.0, out=das)
             return out
-        t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        t = torch.from_numpy(np.ascontiguousarray(x[..., lo:lo + self.hi - self.lo].transpose(0, 2, 1, 3)))
         pad = (self.lo, 0)
         img = self.forward_parts(torch.nn.functional.pad(t.real, pad), torch.nn.functional.pad(t.imag, pad)).numpy()
         if not db:
@@ -226,7 +228,9 @@ class AcousticImage(torch.nn.Module):
     def warm_up(self) -> None:
         """Compile (or load from numba's cache) the pass now: the first call takes seconds, which
         a node must spend before audio arrives, not on its first window."""
-        self.columns_of_frames(np.zeros((1, 1, self.hi - self.lo, self.channels), np.complex64))
+        z = np.zeros((1, self.channels, 2, self.hi), np.complex64)
+        for x in (z, z.transpose(0, 2, 1, 3)):         # numba compiles per memory layout
+            self.columns_of_frames(x)
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         """Complex STFT frames ``(B, M, T, F)`` -> ``(B, 2 * n_bands, columns, T)``."""

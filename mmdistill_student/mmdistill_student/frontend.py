@@ -843,20 +843,16 @@ class StreamingFrontend:
             buf.copy_into(start + lo, seg[:, lo - a:hi - a])
             parts.append(torch.from_numpy(seg).unfold(-1, n_fft, hop))
         frames = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)      # (C, m, n_fft)
-        spec = lm.spectra(frames).transpose(0, 1)                              # (m, C, F)
-        x = spec[..., ai.lo:ai.hi].transpose(1, 2).numpy()                      # (m, K, C)
+        spec = lm.spectra(frames).transpose(0, 1).numpy()                      # (m, C, F) view
         slots = (base + need) % T
-        ai.columns_of_frames(x[None], self._cols[None], np.stack([slots, slots + T], axis=1))
+        both = np.stack([slots, slots + T], axis=1)
+        ai.columns_of_frames(spec[None], self._cols[None], both)
         interior = (need >= self._k_lo) & (need <= self._k_hi)
         self._col_frame[slots] = np.where(interior, base + need, -1)
         self.frames_computed += len(need)
         p = base % T
         if mv is not None:
-            xm = spec.index_select(-1, mv.bins)                                 # (m, C, K)
-            both = np.concatenate([slots, slots + T])
-            kb = len(mv.bins)
-            self._xr[both, :, :kb] = np.concatenate([xm.real.numpy()] * 2)
-            self._xi[both, :, :kb] = np.concatenate([xm.imag.numpy()] * 2)
+            mv.gather_bins(spec, self._xr, self._xi, both)
             S = mv.smooth
             h = min(S, T)
             t = np.arange(T)

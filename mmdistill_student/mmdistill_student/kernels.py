@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-__all__ = ['AVAILABLE', 'image_columns', 'mvdr_columns', 'usable']
+__all__ = ['AVAILABLE', 'gather_bins', 'image_columns', 'mvdr_columns', 'usable']
 
 try:
     if os.environ.get('MMDISTILL_STUDENT_NUMBA', '1') == '0':
@@ -43,15 +43,16 @@ if AVAILABLE:
     _jit = numba.njit(cache=True, fastmath=True, nogil=True)
 
     @_jit
-    def image_columns(x, sr, si, bandk, bandw, n_bands, eps, out, slots):  # pragma: no cover - compiled
-        """Complex frames ``(B, T, K, M)`` (the bins of the bands) -> SRP-PHAT coherence, then beam
-        energy (linear, ``10 log10`` of it is the dB map), per band (:class:`AcousticImage`),
-        written to ``out[b, :2 * n_bands, :, s]`` ``(B, C, D, S)`` for every slot ``s >= 0`` of frame ``t``'s row of ``slots`` ``(T, R)``
-        (the streaming cache keeps each frame twice). ``sr``/``si`` ``(K, M, D)``: real and
-        imaginary parts of the steering ``a``, beam ``y_d = sum_m a_kmd x_m``;
-        ``bandk``/``bandw``: each bin's band and weight ``1/len(band)``."""
-        B, T, K, m = x.shape
-        D = sr.shape[2]
+    def image_columns(x, lo, sr, si, bandk, bandw, n_bands, eps, out, slots):  # pragma: no cover - compiled
+        """Complex STFT frames ``(B, T, M, F)`` (any strides; bins ``lo .. lo + K - 1`` are read)
+        -> SRP-PHAT coherence, then beam energy (linear, ``10 log10`` of it is the dB map), per
+        band (:class:`AcousticImage`), written to ``out[b, :2 * n_bands, :, s]`` ``(B, C, D, S)``
+        for every slot ``s >= 0`` of frame ``t``'s row of ``slots`` ``(T, R)`` (the streaming
+        cache keeps each frame twice). ``sr``/``si`` ``(K, M, D)``: real and imaginary parts of
+        the steering ``a``, beam ``y_d = sum_m a_kmd x_m``; ``bandk``/``bandw``: each bin's band
+        and weight ``1/len(band)``."""
+        B, T, m = x.shape[0], x.shape[1], x.shape[2]
+        K, D = sr.shape[0], sr.shape[2]
         G = 8                                   # frames per block: the steering is read once a block
         y = np.empty((4, G, D), np.float32)     # beam re, im; PHAT beam re, im
         acc = np.empty((2, G, n_bands, D), np.float32)
@@ -66,7 +67,7 @@ if AVAILABLE:
                     y[:] = 0.0
                     for i in range(m):
                         for f in range(g):
-                            v = x[b, t0 + f, k, i]
+                            v = x[b, t0 + f, i, lo + k]
                             xr, xi = v.real, v.imag
                             inv = np.float32(1.0) / (np.sqrt(xr * xr + xi * xi) + eps)
                             xn[f, 0], xn[f, 1], xn[f, 2], xn[f, 3] = xr, xi, xr * inv, xi * inv
@@ -198,5 +199,21 @@ if AVAILABLE:
                         for n in range(n_bands):
                             for d in range(D):
                                 out[b, n, d, u] = acc[n, d]
+    @_jit
+    def gather_bins(x, bins, out_r, out_i, slots):  # pragma: no cover - compiled
+        """Complex STFT frames ``(T, M, F)`` -> their ``bins`` as real and imaginary parts,
+        written to ``out_r``/``out_i`` ``(S, M, >= len(bins))`` at frame ``t``'s ``slots[t]``
+        (``(T, R)``, ``-1`` for none): the MVDR map's streaming cache."""
+        T, m = x.shape[0], x.shape[1]
+        for t in range(T):
+            for r in range(slots.shape[1]):
+                u = slots[t, r]
+                if u < 0:
+                    continue
+                for i in range(m):
+                    for k in range(bins.shape[0]):
+                        v = x[t, i, bins[k]]
+                        out_r[u, i, k] = v.real
+                        out_i[u, i, k] = v.imag
 else:  # pragma: no cover
-    image_columns = mvdr_columns = None
+    image_columns = mvdr_columns = gather_bins = None

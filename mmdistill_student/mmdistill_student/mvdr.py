@@ -78,6 +78,7 @@ class MvdrImage(torch.nn.Module):
                     for a, c in bands]                                              # relative to lo
         keep = np.concatenate(per_band)
         self.register_buffer('bins', torch.from_numpy(lo + keep), persistent=False)
+        self._bins_np = (lo + keep).astype(np.int64)
         tau = steering_delays(geometry, column_directions(geometry, columns, ref_distance_m, source_height_m))
         w = 2 * np.pi * (lo + keep) * sample_rate / n_fft                          # (K,)
         pairs = list(combinations(range(channels), 2))
@@ -183,11 +184,29 @@ class MvdrImage(torch.nn.Module):
             out[:, :self.n_bands, :, slots[ok, r]] = got[..., ok]
         return out
 
+    def gather_bins(self, spec: np.ndarray, out_r: np.ndarray, out_i: np.ndarray, slots: np.ndarray) -> None:
+        """Complex STFT frames ``(T, M, F)`` -> the real and imaginary parts of their :attr:`bins`,
+        written to ``out_r``/``out_i`` ``(S, M, >= K)`` at frame ``t``'s ``slots[t]`` (``(T, R)``,
+        ``-1`` for none): the streaming cache's layout."""
+        if kernels.AVAILABLE:
+            kernels.gather_bins(spec.astype(np.complex64, copy=False), self._bins_np, out_r, out_i,
+                                np.asarray(slots, np.int64))
+            return
+        x = spec[..., self._bins_np]
+        for r in range(slots.shape[1]):
+            ok = slots[:, r] >= 0
+            out_r[slots[ok, r], :, :len(self._bins_np)] = x[ok].real
+            out_i[slots[ok, r], :, :len(self._bins_np)] = x[ok].imag
+
     def warm_up(self) -> None:
         """Compile (or load from numba's cache) the passes now: the first call takes seconds,
         which a node must spend before audio arrives, not on its first window."""
         z = np.zeros((1, 1, self.channels, len(self.bins)), np.float32)
         self.columns_of_frames(z, z, np.zeros(1, np.int64))
+        spec = np.zeros((self.channels, 2, int(self.bins.max()) + 1), np.complex64)
+        for x in (spec.transpose(1, 0, 2), spec.transpose(1, 0, 2).copy()):   # per memory layout
+            self.gather_bins(x, np.zeros((2, self.channels, self.padded_bins), np.float32),
+                             np.zeros((2, self.channels, self.padded_bins), np.float32), np.zeros((2, 1), np.int64))
 
     def power(self, feats: torch.Tensor) -> torch.Tensor:
         """:meth:`inverse_terms` ``(B, T, K, M + 2P)`` -> band MVDR power ``(B, n_bands, columns, T)`` dB."""

@@ -204,9 +204,22 @@ def test_bad_mvdr_settings_are_refused():
 
 
 @pytest.mark.skipif(not kernels.AVAILABLE, reason='numba (a librosa dependency) is missing')
-def test_warm_up_compiles_the_passes_before_the_first_window():
-    fe = Frontend(_config(_geometry(), columns=16))
-    fe.warm_up()
-    assert kernels.mvdr_columns.signatures and kernels.image_columns.signatures   # compiled or loaded
-    z = np.zeros((1, 6, 8, len(fe.mvdr.bins)), np.float32)
-    assert fe.mvdr.columns_of_frames(z, z, np.array([5, 2])).shape == (1, fe.cfg.n_bands, 16, 2)
+def test_warm_up_compiles_every_pass_the_streaming_step_uses():
+    """A node warms up before audio arrives: its first windows must not compile anything (numba
+    compiles once per argument type and memory layout, 1-4 s, which dropped a replay's first windows)."""
+    g = _geometry()
+    sf = StreamingFrontend(_config(g, columns=16), capacity_s=1.6)
+    sf.frontend.warm_up()
+    passes = (kernels.image_columns, kernels.mvdr_columns, kernels.gather_bins)
+    compiled = [len(p.signatures) for p in passes]
+    assert all(compiled)
+    pcm = (_plane_waves(g, [(column_directions(g, 16)[5], 1.0)], seconds=1.6).T * 32767).astype(np.int16)
+    got = 0
+    for i in range(0, pcm.shape[0], 4410):
+        t = 1_000_000_000 + int(i / FS * 1e9)
+        sf.push(pcm[i:i + 4410], t)
+        got += sf.compute(t - 600_000_000) is not None
+    assert got >= 3
+    assert [len(p.signatures) for p in passes] == compiled
+    z = np.zeros((1, 6, 8, len(sf.frontend.mvdr.bins)), np.float32)
+    assert sf.frontend.mvdr.columns_of_frames(z, z, np.array([5, 2])).shape == (1, sf.cfg.n_bands, 16, 2)
