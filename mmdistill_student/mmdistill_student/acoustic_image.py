@@ -220,17 +220,16 @@ class AcousticImage(torch.nn.Module):
         img = self.forward_parts(torch.nn.functional.pad(t.real, pad), torch.nn.functional.pad(t.imag, pad)).numpy()
         if not db:
             img[:, self.n_bands:] = 10.0 ** (img[:, self.n_bands:] / 10.0)
-        for r in range(slots.shape[1]):
-            ok = slots[:, r] >= 0
-            out[:, :self.out_channels, :, slots[ok, r]] = img[..., ok]
-        return out
+        return kernels.scatter(out, img, slots)
 
     def warm_up(self) -> None:
         """Compile (or load from numba's cache) the pass now: the first call takes seconds, which
         a node must spend before audio arrives, not on its first window."""
-        z = np.zeros((1, self.channels, 2, self.hi), np.complex64)
-        for x in (z, z.transpose(0, 2, 1, 3)):         # numba compiles per memory layout
-            self.columns_of_frames(x)
+        if not kernels.AVAILABLE:
+            return
+        z = np.zeros((1, self.channels, 2, self.hi), np.complex64)     # (B, M, T, F)
+        for x in (z.transpose(0, 2, 1, 3), np.ascontiguousarray(z.transpose(0, 2, 1, 3))):
+            self.columns_of_frames(x)                                   # numba compiles per memory layout
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         """Complex STFT frames ``(B, M, T, F)`` -> ``(B, 2 * n_bands, columns, T)``."""

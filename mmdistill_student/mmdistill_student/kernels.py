@@ -19,8 +19,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
 
-__all__ = ['AVAILABLE', 'gather_bins', 'image_columns', 'mvdr_columns', 'usable']
+__all__ = ['AVAILABLE', 'gather_bins', 'image_columns', 'mvdr_columns', 'scatter', 'usable']
 
 try:
     if os.environ.get('MMDISTILL_STUDENT_NUMBA', '1') == '0':
@@ -35,8 +36,16 @@ AVAILABLE = numba is not None
 def usable(t) -> bool:
     """Whether tensor ``t`` may take a compiled pass: numba present, on the CPU, no gradient
     wanted and no ONNX export under way (those need the torch ops)."""
-    import torch
     return AVAILABLE and t.device.type == 'cpu' and not t.requires_grad and not torch.onnx.is_in_onnx_export()
+
+
+def scatter(out: np.ndarray, values: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """The passes' output rule without numba: ``values`` ``(B, C', D, T)`` written to
+    ``out[:, :C', :, s]`` for every slot ``s >= 0`` of frame ``t``'s row of ``slots`` ``(T, R)``."""
+    for r in range(slots.shape[1]):
+        ok = slots[:, r] >= 0
+        out[:, :values.shape[1], :, slots[ok, r]] = values[..., ok]
+    return out
 
 
 if AVAILABLE:
@@ -178,12 +187,7 @@ if AVAILABLE:
                         terms[k, m + e] = wr[pi[e], pj[e], k]
                         terms[k, m + P + e] = wi[pi[e], pj[e], k]
                     q[:] = 0.0
-                    for e in range(0, m + 2 * P - 3, 4):      # four terms a pass: fewer loads and stores of q
-                        v0, v1, v2, v3 = terms[k, e], terms[k, e + 1], terms[k, e + 2], terms[k, e + 3]
-                        for d in range(D):
-                            q[d] += (wts[k, e, d] * v0 + wts[k, e + 1, d] * v1) + (wts[k, e + 2, d] * v2
-                                                                                + wts[k, e + 3, d] * v3)
-                    for e in range((m + 2 * P) // 4 * 4, m + 2 * P):
+                    for e in range(m + 2 * P):
                         v = terms[k, e]
                         for d in range(D):
                             q[d] += wts[k, e, d] * v

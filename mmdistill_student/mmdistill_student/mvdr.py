@@ -175,14 +175,12 @@ class MvdrImage(torch.nn.Module):
             if db:
                 np.multiply(np.log10(out, out=out), 10.0, out=out)
             return out
-        t = [torch.from_numpy(np.ascontiguousarray(a.transpose(0, 2, 1, 3))) for a in (xr, xi)]
+        k = len(self._bins_np)                  # the padded layout's zeros are not bins
+        t = [torch.from_numpy(np.ascontiguousarray(a[..., :k].transpose(0, 2, 1, 3))) for a in (xr, xi)]
         got = self.power(self.inverse_terms(*t))[..., frames].numpy()
         if not db:
             got = 10.0 ** (got / 10.0)
-        for r in range(slots.shape[1]):
-            ok = slots[:, r] >= 0
-            out[:, :self.n_bands, :, slots[ok, r]] = got[..., ok]
-        return out
+        return kernels.scatter(out, got, slots)
 
     def gather_bins(self, spec: np.ndarray, out_r: np.ndarray, out_i: np.ndarray, slots: np.ndarray) -> None:
         """Complex STFT frames ``(T, M, F)`` -> the real and imaginary parts of their :attr:`bins`,
@@ -201,6 +199,8 @@ class MvdrImage(torch.nn.Module):
     def warm_up(self) -> None:
         """Compile (or load from numba's cache) the passes now: the first call takes seconds,
         which a node must spend before audio arrives, not on its first window."""
+        if not kernels.AVAILABLE:
+            return
         z = np.zeros((1, 1, self.channels, len(self.bins)), np.float32)
         self.columns_of_frames(z, z, np.zeros(1, np.int64))
         spec = np.zeros((self.channels, 2, int(self.bins.max()) + 1), np.complex64)
