@@ -70,6 +70,8 @@ def test_quick_demo_runs_every_stage_and_reports_numbers(tmp_path, capsys):
         want = direct[ref]['all']['AP50']
         got = summary['student'][key]
         assert (got is None and math.isnan(want)) or got == pytest.approx(want, abs=1e-9), key
+    assert summary['student']['frame_mota_bound'] == pytest.approx(direct['ground_truth']['mota_bound']['MOTA_bound'],
+                                                                    abs=1e-9)
     # a second run reuses every finished stage
     assert main(['demo', '--quick', '--out', str(out)]) == 0
     assert printed.count('(done before, reused)') == 0

@@ -82,7 +82,7 @@ __all__ = [
     'match_frame', 'voc_ap', 'coco_ap', 'detection_ap', 'centre_distance',
     'evaluate_detections', 'mot_metrics', 'evaluate_by_condition', 'MIN_GT_HEIGHT_PX', 'truth_mask',
     'MIN_VISIBLE_FRACTION', 'IGNORE_IOA', 'DISTANCE_BUCKETS', 'TRUTH_REFERENCES', 'truth_sets', 'reference_frame',
-    'shuffle_permutation', 'drop_ignored', 'evaluate_truth', 'truth_fields',
+    'shuffle_permutation', 'drop_ignored', 'evaluate_truth', 'truth_fields', 'frame_mota_bound',
 ]
 
 #: Ground-truth boxes lower than this are left out of every "against ground truth" score (the
@@ -405,6 +405,38 @@ def detection_ap(predictions: Sequence[Mapping], ground_truths: Sequence[Mapping
     return out
 
 
+def frame_mota_bound(predictions: Sequence[Mapping], ground_truths: Sequence[Mapping],
+                     iou_threshold: float = 0.5) -> Dict[str, float]:
+    """The highest MOTA a tracker could reach from these per-frame detections alone: publish, in
+    every frame, the detections scored at least one threshold, with never a wrong identity. Then
+    MOTA = 1 - (FN + FP) / num_gt = (TP - FP) / num_gt, maximised over the threshold (0 when
+    publishing nothing is best). It says whether the detector or the tracker limits MOTA: a
+    tracker only gains on it by filling missed frames or dropping false boxes.
+
+    Matching is :func:`detection_ap`'s (greedy by score at ``iou_threshold``, detections on an
+    ignore region left out, as MOT scoring drops them). Returns ``MOTA_bound``, ``threshold``
+    (the lowest score published at the maximum; NaN when nothing is), ``recall``, ``precision``
+    and ``num_gt`` (MOTA_bound NaN without ground truth).
+    """
+    preds, gts = _frames(predictions, ground_truths)
+    num_gt = int(sum(len(g[0]) for g in gts))
+    out = {'MOTA_bound': _NAN, 'threshold': _NAN, 'recall': _NAN, 'precision': _NAN, 'num_gt': num_gt}
+    if num_gt == 0:
+        return out
+    tp, sc = _ranked_tp(preds, gts, iou_threshold)
+    out.update(MOTA_bound=0.0, recall=0.0)
+    if not len(tp):
+        return out
+    gain = np.cumsum(np.where(tp, 1.0, -1.0))
+    cut = np.flatnonzero(np.r_[sc[1:] != sc[:-1], True])   # a threshold keeps every detection of its score
+    k = int(cut[np.argmax(gain[cut])])
+    if gain[k] > 0:
+        ntp = float(np.count_nonzero(tp[:k + 1]))
+        out.update(MOTA_bound=float(gain[k]) / num_gt, threshold=float(sc[k]), recall=ntp / num_gt,
+                   precision=ntp / (k + 1))
+    return out
+
+
 # ----------------------------------------------------------------------------- centre distance
 
 def _check_image_size(image_size) -> Tuple[float, float]:
@@ -693,11 +725,12 @@ def evaluate_truth(predictions: Sequence[Mapping], truths: Sequence[Mapping], im
     ``visible``, ``audible``, ``distance``). ``conditions`` / ``keys``: as
     :func:`evaluate_by_condition`. ``drives``: drive of each frame, for the prior check's pairing.
 
-    Returns ``{'ground_truth': {'all', 'by_condition', 'by_distance'},
-    'ground_truth_all_visible': {same}, 'ground_truth_shuffled': {'all'}, 'truth_fields': [...]}``
-    where every leaf is an :func:`evaluate_detections` dict (``curves`` adds PR curves to the
-    headline ``all``) and ``by_distance`` is keyed by :data:`DISTANCE_BUCKETS` names (empty
-    without distances).
+    Returns ``{'ground_truth': {'all', 'by_condition', 'by_distance', 'mota_bound'},
+    'ground_truth_all_visible': {'all', 'by_condition', 'by_distance'}, 'ground_truth_shuffled':
+    {'all'}, 'truth_fields': [...]}`` where every leaf is an :func:`evaluate_detections` dict
+    (``curves`` adds PR curves to the headline ``all``), ``by_distance`` is keyed by
+    :data:`DISTANCE_BUCKETS` names (empty without distances) and ``mota_bound`` is
+    :func:`frame_mota_bound` against the headline truth.
     """
     n = len(predictions)
     if len(truths) != n:
@@ -715,6 +748,8 @@ def evaluate_truth(predictions: Sequence[Mapping], truths: Sequence[Mapping], im
             for name, lo, hi in DISTANCE_BUCKETS:
                 res['by_distance'][name] = evaluate_detections(
                     predictions, [reference_frame(t, ref, (lo, hi)) for t in truths], image_size, per_class=False)
+        if ref == 'ground_truth':
+            res['mota_bound'] = frame_mota_bound(predictions, frames)
         out[ref] = res
     perm = shuffle_permutation(n, drives)
     shuffled = [reference_frame(truths[int(j)], 'ground_truth') for j in perm]

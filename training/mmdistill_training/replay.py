@@ -307,6 +307,7 @@ def score(detections: Frames, tracks: Optional[Frames], references: Dict[str, Fr
         for key in ('ground_truth', 'ground_truth_all_visible', 'ground_truth_shuffled'):
             out[key] = {'coverage': cover, 'truth_fields': res['truth_fields'],
                         'detection': {**res[key]['all'], 'by_distance': res[key].get('by_distance', {})}}
+        out['ground_truth']['mota_bound'] = res['ground_truth']['mota_bound']
         # only the simulator's ground truth carries identities (pseudo-label ids name the
         # supporting teachers, see mmdistill_teachers.labelling)
         has_ids = bool(ref) and all(all(x != '' for x in f['ids']) for _, f in ref)

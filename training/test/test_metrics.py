@@ -9,8 +9,8 @@ from hypothesis import given, settings, strategies as st
 
 from mmdistill_training.metrics import (
     COCO_IOUS, VOC_AVG_IOUS, centre_distance, coco_ap, detection_ap, evaluate_by_condition,
-    evaluate_detections, evaluate_truth, match_frame, mot_metrics, reference_frame, shuffle_permutation,
-    truth_sets, voc_ap)
+    drop_ignored, evaluate_detections, evaluate_truth, frame_mota_bound, match_frame, mot_metrics,
+    reference_frame, shuffle_permutation, truth_sets, voc_ap)
 
 W, H = 640.0, 480.0
 
@@ -442,6 +442,62 @@ def test_silent_car_is_no_miss_and_detecting_it_no_false_positive():
     assert math.isnan(by['15-30m']['AP50']) and by['0-15m']['num_gt'] == 1
     # without the ignore region the 40 m detection would be a FP ranked first
     assert detection_ap([p], [{'boxes': t['boxes'][:1]}])['AP50'] == pytest.approx(0.5)
+
+
+def test_frame_mota_bound_hand_worked():
+    # frame 0: a hit (0.9) and a miss placed box (0.8); frame 1: a hit (0.7); frame 2: a vehicle
+    # nobody finds. Thresholds: 0.9 -> (1 - 0) / 4, 0.8 -> (1 - 1) / 4, 0.7 -> (2 - 1) / 4
+    gt = [frame([BOX_A]), frame([BOX_A]), frame([BOX_A, [300, 300, 340, 330]])]
+    pr = [frame([BOX_A, [400, 50, 450, 90]], [0.9, 0.8]), frame([BOX_A], [0.7]), frame([], [])]
+    r = frame_mota_bound(pr, gt)
+    assert r['MOTA_bound'] == pytest.approx(0.25) and r['threshold'] == pytest.approx(0.9)
+    assert r['recall'] == pytest.approx(0.25) and r['precision'] == pytest.approx(1.0) and r['num_gt'] == 4
+    # the same per-frame detections as tracks with perfect identities: motmetrics agrees
+    keep = [np.asarray(p['scores']) >= r['threshold'] for p in pr]
+    hyp = [{'boxes': np.asarray(p['boxes']).reshape(-1, 4)[k], 'ids': ['a'] * int(k.sum())} for p, k in zip(pr, keep)]
+    mot = mot_metrics([{'boxes': g['boxes'], 'ids': ['a', 'b'][:len(g['boxes'])]} for g in gt], hyp)
+    assert mot['MOTA'] == pytest.approx(r['MOTA_bound'])
+    # only false boxes: publishing nothing is best; no truth: NaN
+    z = frame_mota_bound([frame([[400, 50, 450, 90]], [0.9])], [frame([BOX_A])])
+    assert z['MOTA_bound'] == 0.0 and math.isnan(z['threshold'])
+    assert math.isnan(frame_mota_bound([frame([BOX_A], [0.9])], [frame([])])['MOTA_bound'])
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_frame_mota_bound_is_the_best_single_threshold(seed):
+    """Brute force: every distinct score as the threshold, each frame matched on its own
+    (match_frame) after drop_ignored, as a tracker's frame would be scored."""
+    rng = np.random.default_rng(seed)
+    preds, truths = [], []
+    for _ in range(rng.integers(1, 6)):
+        g = rng.uniform(0, 200, (rng.integers(0, 4), 2))
+        gb = np.c_[g, g + rng.uniform(10, 60, (len(g), 2))]
+        p = np.r_[gb + rng.normal(0, 8, gb.shape), np.c_[rng.uniform(0, 200, (2, 2)), rng.uniform(210, 300, (2, 2))]]
+        p = p[rng.random(len(p)) < 0.8]
+        p[:, 2:] = np.maximum(p[:, 2:], p[:, :2] + 1)
+        audible = rng.random(len(gb)) < 0.8
+        preds.append({'boxes': p, 'scores': np.round(rng.uniform(0, 1, len(p)), 1)})   # ties on purpose
+        truths.append({'boxes': gb, 'visible': np.ones(len(gb)), 'audible': audible, 'distance': np.full(len(gb), 10.0)})
+    refs = [reference_frame(t) for t in truths]
+    got = evaluate_truth(preds, truths, (W, H))['ground_truth']['mota_bound']
+    num_gt = sum(len(r['boxes']) for r in refs)
+    assert got == frame_mota_bound(preds, refs) and got['num_gt'] == num_gt
+    best = 0.0
+    for t in sorted({float(x) for p in preds for x in p['scores']}):
+        tp = fp = 0
+        for p, r in zip(preds, refs):
+            k = p['scores'] >= t
+            f = drop_ignored({'boxes': p['boxes'][k], 'scores': p['scores'][k]}, r)
+            m = match_frame(f['boxes'], f['scores'], r['boxes'], 0.5)
+            tp += int((m >= 0).sum())
+            fp += int((m < 0).sum())
+        if num_gt:
+            best = max(best, (tp - fp) / num_gt)
+    if num_gt:
+        assert got['MOTA_bound'] == pytest.approx(best)
+    else:
+        assert math.isnan(got['MOTA_bound'])
 
 
 def test_prior_check_pairs_frames_of_other_drives():
