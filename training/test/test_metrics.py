@@ -478,7 +478,8 @@ def test_frame_mota_bound_is_the_best_single_threshold(seed):
         p[:, 2:] = np.maximum(p[:, 2:], p[:, :2] + 1)
         audible = rng.random(len(gb)) < 0.8
         preds.append({'boxes': p, 'scores': np.round(rng.uniform(0, 1, len(p)), 1)})   # ties on purpose
-        truths.append({'boxes': gb, 'visible': np.ones(len(gb)), 'audible': audible, 'distance': np.full(len(gb), 10.0)})
+        truths.append({'boxes': gb, 'visible': np.ones(len(gb)), 'audible': audible,
+                       'distance': np.full(len(gb), 10.0)})
     refs = [reference_frame(t) for t in truths]
     got = evaluate_truth(preds, truths, (W, H))['ground_truth']['mota_bound']
     num_gt = sum(len(r['boxes']) for r in refs)
