@@ -62,6 +62,10 @@ def test_quick_demo_runs_every_stage_and_reports_numbers(tmp_path, capsys):
     import torch
     torch.set_num_threads(2)                        # as the demo's evaluate subprocess: the same floats
     ds = DistillDataset(out / 'dataset')
+    # the quick plan mixes too (`dataset build --mix 1`): every train drive once more, summed with another
+    mixed = [d['name'] for d in ds.drives if d.get('mixed_with')]
+    assert ds.index['mix'] == 1 and len(mixed) == len(ds.index['splits']['train']) // 2 > 0
+    assert set(mixed) <= set(ds.index['splits']['train']) and 'mixed training drives' in report
     res = evaluate_checkpoint(row_dir(out / 'ablation', 'ours'), out / 'dataset', curves=False)
     rows = res['_rows']
     direct = evaluate_truth(res['_predictions'], truth_frames(ds, rows), tuple(ds.index['image_size']),

@@ -62,7 +62,8 @@ def scene_prior_predictions(ds: DistillDataset, rows: Sequence[int], rule: Tuple
     learns: ``rule`` = min_label_score, label_support), K chosen on val."""
     from .baselines.scene_prior import ScenePrior
     from .trainer import reference_frames
-    prior = ScenePrior.fit([f['boxes'] for f in reference_frames(ds, ds.split_indices('train'), 'fused', *rule)],
+    recorded = ds.split_indices('train', mixed=False)      # the training drives, not their mixes
+    prior = ScenePrior.fit([f['boxes'] for f in reference_frames(ds, recorded, 'fused', *rule)],
                            [f['boxes'] for f in reference_frames(ds, ds.split_indices('val'), 'fused', *rule)])
     return [prior.predict() for _ in rows]
 
@@ -181,7 +182,8 @@ def run_ablation(dataset: Path, out: Path, names: Optional[Sequence[str]] = None
             if exp.name == 'scene-prior':
                 preds = scene_prior_predictions(ds, rows, rule)
             elif exp.config is None:
-                preds = classical_predictions(ds, rows, ds.split_indices('train'), progress=progress, rule=rule)
+                preds = classical_predictions(ds, rows, ds.split_indices('train', mixed=False), progress=progress,
+                                              rule=rule)
             else:
                 preds, more = _train_row(exp, src, src_ds, rows, d, pretext_dir, seed, epochs, progress, labels)
                 extra.update(more)

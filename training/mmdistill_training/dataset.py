@@ -188,11 +188,15 @@ class DistillDataset:
         """Recompute the content hash over the arrays and compare it with index.json."""
         return content_hash(self.root) == self.content_hash
 
-    def split_indices(self, name: str) -> np.ndarray:
-        """Rows (sorted int64) of the drives in split ``name`` ('train' | 'val' | 'test')."""
+    def split_indices(self, name: str, mixed: bool = True) -> np.ndarray:
+        """Rows (sorted int64) of the drives in split ``name`` ('train' | 'val' | 'test');
+        ``mixed=False`` leaves out the mixed drives (``dataset build --mix``: training only), for
+        what must see recorded drives alone (the baselines' fits)."""
         if name not in SPLITS:
             raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {name!r}")
         wanted = set(self.index['splits'].get(name, []))
+        if not mixed:
+            wanted -= {d['name'] for d in self.drives if d.get('mixed_with')}
         ids = [k for k, d in enumerate(self.drives) if d['name'] in wanted]
         return np.flatnonzero(np.isin(np.asarray(self._arrays['drive']), ids)).astype(np.int64)
 

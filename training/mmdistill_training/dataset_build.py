@@ -68,6 +68,7 @@ class BuildConfig:
     batch_size: int = 2                  # windows per front-end call; larger batches are slower on CPU (cache)
     tolerance_ns: Optional[int] = None   # audio continuity tolerance (default 1 ms, >= half a sample)
     geometry: Optional[dict] = None      # mics + camera (calibration); None = from the named scenarios
+    mix: int = 0                         # mixed copies of every training drive (mixing.py)
 
     def __post_init__(self):
         self.features = tuple(self.features)
@@ -91,6 +92,8 @@ class BuildConfig:
             raise ConfigError(f'--frame-stride must be >= 1, got {self.frame_stride}')
         if int(self.batch_size) < 1:
             raise ConfigError(f'batch_size must be >= 1, got {self.batch_size}')
+        if isinstance(self.mix, bool) or not isinstance(self.mix, int) or self.mix < 0:
+            raise ConfigError(f'--mix must be a non-negative integer, got {self.mix!r}')
 
     def window_samples(self, sample_rate: int) -> int:
         from mmdistill_student.frontend import FrontendConfig
@@ -230,6 +233,8 @@ class DriveData:
     has_truth: bool
     image_size: Optional[Tuple[int, int]]
     teacher_topics: List[str]
+    mixed_with: Optional[str] = None   # a mixed drive (mixing.py): the partner drive summed into it
+    clipped_samples: int = 0           # samples of a mixed drive's sum clipped to int16
 
 
 def _truth_dict(msg) -> dict:
@@ -540,6 +545,17 @@ def build_dataset(bags: Sequence[Path], out: Path, config: Optional[BuildConfig]
     else:
         splits = split_by_rule([(d.name, d.conditions['scenario']) for d in drives])
         split_rule = SPLIT_RULE
+    if config.mix:
+        from .mixing import mix_drives, mix_partners
+        by_name = {d.name: (d, g) for d, g in zip(drives, geometries)}
+        train = [(n, by_name[n][0].conditions['scenario']) for n in splits['train']]
+        for a, b in mix_partners(train, int(config.mix)):
+            m = mix_drives(by_name[a][0], by_name[b][0])
+            drives.append(m)
+            geometries.append(by_name[a][1])
+            splits['train'].append(m.name)
+            skipped.update(m.skipped)
+        n_frames = sum(len(d.frames) for d in drives)
 
     tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.tmp-', dir=out.parent))
     try:
@@ -576,7 +592,8 @@ def build_dataset(bags: Sequence[Path], out: Path, config: Optional[BuildConfig]
                 'audio_gaps': d.audio.gaps, 'audio_overlaps': d.audio.overlaps,
                 'labelled': d.labelled, 'skipped': d.skipped, 'has_ground_truth': d.has_truth,
                 'teacher_topics': d.teacher_topics,
-                'geometry': geometries[di]})
+                'geometry': geometries[di],
+                **({'mixed_with': d.mixed_with, 'clipped_samples': d.clipped_samples} if d.mixed_with else {})})
         bar.close()
         feats.flush()
         del feats
@@ -638,6 +655,7 @@ def build_dataset(bags: Sequence[Path], out: Path, config: Optional[BuildConfig]
             'image_size': [int(w), int(h)], 'strides': list(STRIDES), 'modalities': list(MODALITIES),
             'class_names': class_names, 'n_frames': N, 'has_ground_truth': has_gt,
             'frame_stride': int(config.frame_stride),
+            'mix': int(config.mix),
             'geometry': geometry,
             'drives': drive_entries,
             'skipped': {'incomplete_window': 0, 'audio_gap': 0, **dict(sorted(skipped.items()))},

@@ -205,8 +205,11 @@ def write_demo_report(out: Path, plan, quick: bool, drives: List[str], split: Di
               f'{min(fps):.1f}–{max(fps):.1f} frames/s per worker.', '']
     idx = _json(out / 'dataset' / 'index.json')
     if idx:
+        mixed = [d for d in idx.get('drives', []) if d.get('mixed_with')]
+        mix = (f'; {sum(d["count"] for d in mixed)} of them from {len(mixed)} mixed training drives '
+               f'(`--mix {idx.get("mix")}`)' if mixed else '')
         L += [f'Dataset: {idx["n_frames"]} windows ({idx["window_mode"]}, features '
-              f'{", ".join(idx.get("features", []))}), skipped {json.dumps(idx.get("skipped", {}))}.', '']
+              f'{", ".join(idx.get("features", []))}{mix}), skipped {json.dumps(idx.get("skipped", {}))}.', '']
 
     # simulation -------------------------------------------------------------------------
     L += ['## Simulation', '', 'Contact sheets (three modalities with ground-truth boxes, 8-channel spectrogram):', '']

@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help='{"train": [...], "val": [...], "test": [...]} drive names instead of the split rule')
     b.add_argument('--batch-size', type=int, default=2,
                    help='windows per front-end call (default 2; on CPU larger batches are slower, see benchmarks)')
+    b.add_argument('--mix', type=int, default=0, metavar='N',
+                   help='add N mixed copies of every training drive: its audio summed with a training drive of '
+                        'another scenario, their labels joined (default 0; mixing.py)')
     b.add_argument('--quiet', action='store_true', help='no progress bars')
 
 
@@ -44,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         from mmdistill_student.calibration import load_geometry
         geometry = load_geometry(args.geometry)
     cfg = BuildConfig(window=args.window, window_s=args.window_s, features=features, frame_stride=args.frame_stride,
-                      split_file=args.split, batch_size=args.batch_size, geometry=geometry)
+                      split_file=args.split, batch_size=args.batch_size, geometry=geometry,
+                      mix=args.mix)
     index = build_dataset(args.bags, args.out, cfg, progress=not args.quiet)
     summary = {'out': str(args.out), 'n_frames': index['n_frames'], 'drives': len(index['drives']),
                'skipped': index['skipped'], 'splits': {k: len(v) for k, v in index['splits'].items()},
