@@ -88,7 +88,7 @@ def mix_drives(a, b):
     """Two ``DriveData`` -> the mixed ``DriveData`` named ``'A+B'`` (see the module docstring).
     Samples that overflow int16 in the sum are clipped and counted (``clipped_samples``); frames of
     A without a partner frame in B are counted in ``skipped['mix_unmatched']``."""
-    from .dataset_build import AudioTrack, DriveData, FrameRecord
+    from .dataset_build import DriveData, FrameRecord
 
     if (a.audio.sample_rate, a.audio.channels) != (b.audio.sample_rate, b.audio.channels):
         raise ConfigError(f'cannot mix {a.name} and {b.name}: different audio formats')
@@ -102,7 +102,6 @@ def mix_drives(a, b):
     total[ok] += b.audio.samples[src[ok]].astype(np.int32)
     clipped = int(np.count_nonzero((total > 32767) | (total < -32768)))
     audio = dataclasses.replace(a.audio, samples=np.clip(total, -32768, 32767).astype(np.int16))
-    assert isinstance(audio, AudioTrack)
     partner = {f.window_start - shift: f for f in b.frames}
     frames, unmatched = [], 0
     for f in a.frames:
