@@ -95,11 +95,10 @@ def mix_drives(a, b):
     if not a.frames or not b.frames:
         raise ConfigError(f'cannot mix {a.name} and {b.name}: a drive without labelled frames')
     shift = b.frames[0].window_start - a.frames[0].window_start
-    n = len(a.audio.samples)
-    src = np.arange(n) + shift
-    ok = (src >= 0) & (src < len(b.audio.samples))
+    lo, hi = max(0, -shift), min(len(a.audio.samples), len(b.audio.samples) - shift)   # where B's audio lies
     total = a.audio.samples.astype(np.int32)
-    total[ok] += b.audio.samples[src[ok]].astype(np.int32)
+    if hi > lo:
+        total[lo:hi] += b.audio.samples[lo + shift:hi + shift]
     clipped = int(np.count_nonzero((total > 32767) | (total < -32768)))
     audio = dataclasses.replace(a.audio, samples=np.clip(total, -32768, 32767).astype(np.int16))
     partner = {f.window_start - shift: f for f in b.frames}
