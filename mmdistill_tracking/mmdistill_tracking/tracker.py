@@ -12,10 +12,14 @@ list[Track]``, returning the tracks to output for that frame:
   with Hungarian assignment (``scipy.optimize.linear_sum_assignment``) on
   1 - IoU against the predicted boxes, gated by IoU or centre distance;
   tentative tracks are confirmed after ``n_init`` hits and coast on their
-  prediction for up to ``max_age`` missed frames. A track's score is a running
-  mean of its detections' scores (``score_smoothing``), and a confirmed track is
-  output only while that score reaches ``min_output_score``: one noisy frame
-  neither drops a steady vehicle nor starts publishing a flicker.
+  prediction for up to ``max_age`` missed frames. Before association, a
+  detection overlapping a higher-scored one of the same frame at an IoU
+  above ``suppress_iou`` is dropped (greedy NMS): a detector's second box on
+  one vehicle, at another size, would otherwise start a false track beside
+  it. A track's score is a running mean of its detections' scores
+  (``score_smoothing``), and a confirmed track is output only while that
+  score reaches ``min_output_score``: one noisy frame neither drops a steady
+  vehicle nor starts publishing a flicker.
 
 Boxes are float (N, 4) pixel ``x1, y1, x2, y2``. Ids are positive ints, unique
 and increasing within one tracker instance.
@@ -29,7 +33,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from mmdistill_common.boxes import cxcywh_to_xyxy, iou_matrix, xyxy_to_cxcywh
+from mmdistill_common.boxes import cxcywh_to_xyxy, iou_matrix, nms, xyxy_to_cxcywh
 
 __all__ = ['Track', 'IoUTrackerParams', 'KalmanTrackerParams', 'IoUTracker', 'KalmanTracker',
            'make_tracker', 'validate_detections']
@@ -197,6 +201,7 @@ class KalmanTrackerParams:
     max_age: int = 3                # missed frames a confirmed track coasts before it ends
     min_start_score: float = 0.5    # an unmatched detection starts a track only if score >= this
     min_update_score: float = 0.0   # detections below this are ignored entirely
+    suppress_iou: float = 1.0       # drop a detection at IoU > this with a higher-scored one (1 = off)
     output_coasting: bool = False   # also output confirmed tracks that coast this frame
     # a track's score is a running mean of its detections' scores: new = w * detection + (1 - w) * old
     # with w = score_smoothing (1 = the last detection's score)
@@ -219,6 +224,7 @@ class KalmanTrackerParams:
         check(isinstance(self.max_age, int) and self.max_age >= 0, f'max_age must be an int >= 0, got {self.max_age}')
         check(0.0 <= self.min_start_score <= 1.0, f'min_start_score must be in [0, 1], got {self.min_start_score}')
         check(0.0 <= self.min_update_score <= 1.0, f'min_update_score must be in [0, 1], got {self.min_update_score}')
+        check(0.0 < self.suppress_iou <= 1.0, f'suppress_iou must be in (0, 1], got {self.suppress_iou}')
         check(0.0 < self.score_smoothing <= 1.0, f'score_smoothing must be in (0, 1], got {self.score_smoothing}')
         check(0.0 <= self.min_output_score <= 1.0, f'min_output_score must be in [0, 1], got {self.min_output_score}')
         check(self.frame_period_s > 0.0, f'frame_period_s must be > 0, got {self.frame_period_s}')
@@ -328,6 +334,9 @@ class KalmanTracker:
             self._last_stamp = stamp
         keep = s >= self.params.min_update_score
         b, s = b[keep], s[keep]
+        if self.params.suppress_iou < 1.0 and len(b) > 1:
+            keep = np.sort(nms(b, s, self.params.suppress_iou))   # detection order kept
+            b, s = b[keep], s[keep]
 
         for t in self._tracks:
             self._predict(t, dt)

@@ -42,13 +42,16 @@ PARAMS = [
     Param('min_score', 0.0, 'Detections scoring below this are ignored.', min=0.0, max=1.0, read_only=True),
     Param('max_coast', 3, 'kalman: frames a confirmed track survives without detections (0 = none).',
           min=0, max=1000, read_only=True),
-    Param('n_init', 2, 'kalman: detections needed before a track is confirmed and output.', min=1, max=100,
-          read_only=True),
-    # these two chosen on the demo's val drives (its student's streaming detections, MOTA against the
+    # these four chosen on the demo's val drives (its student's streaming detections, MOTA against the
     # headline truth): see the README's tracking section
+    Param('n_init', 1, 'kalman: detections needed before a track is confirmed and output.', min=1, max=100,
+          read_only=True),
+    Param('suppress_iou', 0.2, 'kalman: a detection overlapping a higher-scored one of the same message at an '
+          'IoU above this is dropped before association (1 = keep every detection).', min=0.01, max=1.0,
+          read_only=True),
     Param('score_smoothing', 0.5, "kalman: weight of a track's newest detection in its running score "
           '(1 = the last detection\'s score).', min=0.01, max=1.0, read_only=True),
-    Param('min_output_score', 0.47, 'kalman: a confirmed track is published only while its running '
+    Param('min_output_score', 0.45, 'kalman: a confirmed track is published only while its running '
           'score is at least this (0 = every confirmed track).', min=0.0, max=1.0, read_only=True),
     Param('frame_period', 0.1, 'kalman: nominal seconds between detection messages (1 / student rate); '
           'stamp differences are measured in these units.', min=0.001, max=10.0, read_only=True),
@@ -127,7 +130,8 @@ class TrackingNode(Node):
             if p['start_score'] >= 0:
                 out['min_start_score'] = p['start_score']
             out.update(max_age=p['max_coast'], n_init=p['n_init'], frame_period_s=p['frame_period'],
-                       score_smoothing=p['score_smoothing'], min_output_score=p['min_output_score'])
+                       suppress_iou=p['suppress_iou'], score_smoothing=p['score_smoothing'],
+                       min_output_score=p['min_output_score'])
         try:
             make_tracker(kind, **out)
         except ValueError as exc:

@@ -73,6 +73,8 @@ def test_params_are_validated():
         KalmanTrackerParams(score_smoothing=0.0)
     with pytest.raises(ValueError, match='min_output_score'):
         KalmanTrackerParams(min_output_score=1.5)
+    with pytest.raises(ValueError, match='suppress_iou'):
+        KalmanTrackerParams(suppress_iou=0.0)
     with pytest.raises(ValueError, match='any track'):
         KalmanTrackerParams(min_iou=0.0, max_centre_distance=0.0)
     with pytest.raises(ValueError, match="'iou' or 'kalman'"):
@@ -255,6 +257,22 @@ def test_kalman_running_score_gates_output_without_ending_the_track():
     d = KalmanTracker(KalmanTrackerParams(n_init=1))
     assert [o.score for o in d.update([box(100, 100)], [0.9])] == [0.9]
     assert [o.score for o in d.update([box(102, 100)], [0.05])] == [0.05]
+
+
+def test_kalman_suppresses_a_second_box_on_one_vehicle():
+    """A wider, weaker box around a tracked vehicle (IoU 0.5 with it) starts a false track unless
+    suppress_iou drops it; a box beside it (IoU 0) is a vehicle of its own either way."""
+    vehicle, wide, other = box(200, 100, 60, 40), box(200, 100, 120, 40), box(400, 100)
+    assert iou_matrix([vehicle], [wide])[0, 0] == pytest.approx(0.5)
+    for suppress, want in ((1.0, [1, 2, 3]), (0.6, [1, 2, 3]), (0.4, [1, 2])):
+        t = KalmanTracker(KalmanTrackerParams(n_init=1, min_start_score=0.5, suppress_iou=suppress))
+        # listed weakest first: suppression must go by score, not by position in the message
+        out = t.update([wide, other, vehicle], [0.6, 0.7, 0.9])
+        assert ids(out) == want, suppress
+        kept = sorted(tuple(np.round(o.box, 6)) for o in out)
+        assert (tuple(np.round(wide, 6)) in kept) == (suppress > 0.5)
+    # the default keeps every detection (the node's parameter sets it)
+    assert KalmanTrackerParams().suppress_iou == 1.0
 
 
 def test_kalman_uses_stamps_for_irregular_frames():
