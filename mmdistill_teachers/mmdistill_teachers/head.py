@@ -43,7 +43,7 @@ from mmdistill_common.boxes import as_boxes, clip as clip_boxes, nms
 __all__ = [
     'DEFAULT_STRIDES', 'DEFAULT_SIZE_RANGES', 'DetectionHead', 'Scale',
     'feature_sizes_for', 'cell_centers', 'flatten_outputs', 'assign_targets',
-    'sigmoid_focal_loss', 'giou_loss', 'detection_loss', 'decode', 'decode_flat',
+    'sigmoid_focal_loss', 'quality_focal_loss', 'paired_iou', 'giou_loss', 'detection_loss', 'decode', 'decode_flat',
     'attention_maps', 'group_norm',
 ]
 
@@ -402,6 +402,37 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
     raise ValueError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
 
 
+def quality_focal_loss(logits: torch.Tensor, targets: torch.Tensor, beta: float = 2.0,
+                       reduction: str = 'sum') -> torch.Tensor:
+    """Quality focal loss (Li et al. 2020, Generalized Focal Loss), elementwise then reduced:
+    ``BCE(x, y) * |y - sigmoid(x)| ** beta`` with a soft target ``y`` in [0, 1].
+
+    With ``y`` a positive cell's IoU (0 elsewhere) the class score learns to rank a vehicle's
+    boxes by how well they fit it, not only whether a vehicle is there. Written here because
+    torchvision has only the binary focal loss (mmdet, which has this one, is not a dependency).
+    """
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction='none') \
+        * (targets - torch.sigmoid(logits)).abs().pow(beta)
+    if reduction == 'sum':
+        return loss.sum()
+    if reduction == 'mean':
+        return loss.mean()
+    if reduction == 'none':
+        return loss
+    raise ValueError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
+
+
+def paired_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """IoU of ``a[i]`` with ``b[i]`` (both (N, 4) x1 y1 x2 y2): the diagonal of
+    ``torchvision.ops.box_iou`` without its N x N matrix."""
+    lt = torch.maximum(a[:, :2], b[:, :2])
+    rb = torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=1)
+    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(dim=1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(dim=1)
+    return inter / (area_a + area_b - inter + eps)
+
+
 def giou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Elementwise generalized-IoU loss ``1 - GIoU`` of (M, 4) xyxy boxes.
 
@@ -426,7 +457,7 @@ def giou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> to
 def detection_loss(outputs: Dict[str, object], targets: Dict[str, torch.Tensor],
                    box_loss: str = 'giou', alpha: float = 0.25, gamma: float = 2.0,
                    focal_weight: float = 1.0, box_weight: float = 1.0,
-                   centerness_weight: float = 1.0) -> Dict[str, torch.Tensor]:
+                   centerness_weight: float = 1.0, quality: str = 'centerness') -> Dict[str, torch.Tensor]:
     """Detection loss of head ``outputs`` against :func:`assign_targets` ``targets``.
 
     Returns a dict of scalar tensors, with ``P`` the set of positive cells over the
@@ -442,6 +473,11 @@ def detection_loss(outputs: Dict[str, object], targets: Dict[str, torch.Tensor],
     * ``centerness`` = mean_{i in P} BCE(ctr_logit_i, centerness_target_i); 0 without the branch;
     * ``total``  = focal_weight * focal + box_weight * box + centerness_weight * centerness;
     * ``num_pos`` = |P| (float tensor, for logging).
+
+    ``quality='iou'`` makes the scores follow localisation: a positive cell's class target is
+    the IoU of its predicted box with its label box (detached, at least 0.01), learnt with
+    :func:`quality_focal_loss` (beta = ``gamma``, no alpha) in place of the focal loss, and the
+    centerness branch learns that IoU too. ``box`` keeps the centerness weights.
     """
     flat = flatten_outputs(outputs)
     cls, ltrb, ctr = flat['cls'], flat['ltrb'], flat['ctr']
@@ -449,11 +485,13 @@ def detection_loss(outputs: Dict[str, object], targets: Dict[str, torch.Tensor],
         raise ValueError(f'head outputs {tuple(cls.shape)} (B, cells, classes) do not match targets '
                          f'{tuple(targets["cls"].shape)}: check image_size, strides, feature sizes and '
                          'num_classes')
+    if quality not in ('centerness', 'iou'):
+        raise ValueError(f"quality must be 'centerness' or 'iou', got {quality!r}")
     dev = cls.device
     pos = targets['pos'].to(dev)
     num_pos = pos.sum()
     n_pos = num_pos.clamp(min=1).to(cls.dtype)
-    focal = sigmoid_focal_loss(cls, targets['cls'].to(dev, cls.dtype), alpha, gamma, 'sum') / n_pos
+    cls_target = targets['cls'].to(dev, cls.dtype)
 
     zero = cls.sum() * 0.0
     box = zero
@@ -463,9 +501,15 @@ def detection_loss(outputs: Dict[str, object], targets: Dict[str, torch.Tensor],
         pts = pts.unsqueeze(0).expand(pos.shape[0], -1, -1)[pos]
         pred_ltrb = ltrb[pos]
         ctr_target = targets['centerness'].to(dev, ltrb.dtype)[pos]
+        pred_boxes = torch.cat([pts - pred_ltrb[:, :2], pts + pred_ltrb[:, 2:]], dim=1)
+        label_boxes = targets['boxes'].to(dev, ltrb.dtype)[pos]
+        if quality == 'iou':
+            with torch.no_grad():
+                iou = paired_iou(pred_boxes, label_boxes).clamp(min=0.01)
+            cls_target = cls_target.clone()
+            cls_target[pos] = cls_target[pos] * iou[:, None]
         if box_loss == 'giou':
-            pred_boxes = torch.cat([pts - pred_ltrb[:, :2], pts + pred_ltrb[:, 2:]], dim=1)
-            per = giou_loss(pred_boxes, targets['boxes'].to(dev, ltrb.dtype)[pos])
+            per = giou_loss(pred_boxes, label_boxes)
         elif box_loss == 'l1':
             st = targets['point_strides'].to(dev, ltrb.dtype).unsqueeze(0).expand(pos.shape[0], -1)[pos]
             tgt = targets['ltrb'].to(dev, ltrb.dtype)[pos].clamp(min=0)
@@ -475,9 +519,14 @@ def detection_loss(outputs: Dict[str, object], targets: Dict[str, torch.Tensor],
         if ctr is not None:
             w = ctr_target
             box = (per * w).sum() / w.sum().clamp(min=1e-6)
-            ctr_loss = F.binary_cross_entropy_with_logits(ctr[pos], ctr_target, reduction='mean')
+            ctr_loss = F.binary_cross_entropy_with_logits(ctr[pos], iou if quality == 'iou' else ctr_target,
+                                                          reduction='mean')
         else:
             box = per.mean()
+    if quality == 'iou':
+        focal = quality_focal_loss(cls, cls_target, gamma, 'sum') / n_pos
+    else:
+        focal = sigmoid_focal_loss(cls, cls_target, alpha, gamma, 'sum') / n_pos
     total = focal_weight * focal + box_weight * box + centerness_weight * ctr_loss
     return {'focal': focal, 'box': box, 'centerness': ctr_loss, 'total': total,
             'num_pos': num_pos.to(cls.dtype).detach()}

@@ -6,7 +6,8 @@ import torch
 
 from mmdistill_common.boxes import iou_matrix
 from mmdistill_teachers.head import (DetectionHead, TargetCache, assign_targets, attention_maps, cell_centers, decode,
-                                     detection_loss, feature_sizes_for, giou_loss, sigmoid_focal_loss)
+                                     detection_loss, feature_sizes_for, giou_loss, paired_iou,
+                                     quality_focal_loss, sigmoid_focal_loss)
 
 IMG = (384, 128)
 
@@ -217,6 +218,67 @@ def test_detection_loss_focal_normalisation():
     assert loss['num_pos'].item() == t['pos'].sum().item()
     with pytest.raises(ValueError, match='do not match'):
         detection_loss(out, assign_targets(boxes, (384, 256)))
+
+
+def test_quality_focal_loss_formula():
+    x = torch.tensor([[-3.0, -0.5, 0.0, 0.7, 4.0]], dtype=torch.float64)
+    y = torch.tensor([[0.0, 0.3, 1.0, 0.7, 0.9]], dtype=torch.float64)
+    p = 1 / (1 + np.exp(-x.numpy()))
+    yn = y.numpy()
+    expected = -(yn * np.log(p) + (1 - yn) * np.log(1 - p)) * np.abs(yn - p) ** 2
+    got = quality_focal_loss(x, y, reduction='none')
+    assert np.allclose(got.numpy(), expected, rtol=1e-10, atol=1e-12)
+    assert torch.isclose(quality_focal_loss(x, y), got.sum())
+    # with hard targets and no alpha it is the binary focal loss
+    hard = (y > 0.5).double()
+    assert torch.allclose(quality_focal_loss(x, hard, reduction='none'),
+                          sigmoid_focal_loss(x, hard, alpha=-1, reduction='none'))
+    with pytest.raises(ValueError, match='reduction'):
+        quality_focal_loss(x, y, reduction='max')
+
+
+def test_paired_iou_is_the_diagonal_of_the_iou_matrix():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 100, (50, 2))
+    a = np.c_[xy, xy + rng.uniform(1, 60, (50, 2))]
+    b = a + rng.normal(0, 15, (50, 4))
+    b[:, 2:] = np.maximum(b[:, 2:], b[:, :2] + 1)
+    got = paired_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    assert np.allclose(got, np.diag(iou_matrix(a, b)), atol=1e-6)
+
+
+def test_detection_loss_iou_quality_targets():
+    """quality='iou': a positive's class and centerness targets are its predicted box's IoU with
+    its label box, learnt with the quality focal loss; a perfect box gets target 1."""
+    boxes = [np.array([[50, 20, 120, 100]], float), np.array([[200, 40, 240, 80]], float)]
+    t = assign_targets(boxes, IMG)
+    torch.manual_seed(0)
+    head = DetectionHead(8, num_convs=1)
+    out = head([torch.randn(2, 8, h, w) for h, w in feature_sizes_for(IMG)])
+    loss = detection_loss(out, t, quality='iou')
+    cls = torch.cat([c.flatten(2).transpose(1, 2) for c in out['cls_logits']], 1)
+    ltrb = torch.cat([c.flatten(2).transpose(1, 2) for c in out['box_ltrb']], 1)
+    ctr = torch.cat([c.flatten(2).transpose(1, 2) for c in out['centerness']], 1)[..., 0]
+    pos = t['pos']
+    pts = t['points'].unsqueeze(0).expand(2, -1, -1)[pos]
+    pred = torch.cat([pts - ltrb[pos][:, :2], pts + ltrb[pos][:, 2:]], 1).detach()
+    iou = torch.tensor([iou_matrix(p[None].numpy(), g[None].numpy())[0, 0]
+                        for p, g in zip(pred, t['boxes'][pos])], dtype=cls.dtype).clamp(min=0.01)
+    soft = t['cls'].clone().to(cls.dtype)
+    soft[pos] = soft[pos] * iou[:, None]
+    manual = quality_focal_loss(cls, soft).sum() / pos.sum()
+    assert torch.isclose(loss['focal'], manual, rtol=1e-4)
+    assert torch.isclose(loss['centerness'],
+                         torch.nn.functional.binary_cross_entropy_with_logits(ctr[pos], iou), rtol=1e-4)
+    assert not torch.isclose(loss['focal'], detection_loss(out, t)['focal'])
+    # exact boxes: every positive's target is 1, so the class loss is the binary one without alpha
+    perfect = perfect_outputs(t)
+    exact = detection_loss(perfect, t, quality='iou')
+    pcls = torch.cat([c.flatten(2).transpose(1, 2) for c in perfect['cls_logits']], 1)
+    hard = sigmoid_focal_loss(pcls, t['cls'].to(pcls.dtype), alpha=-1).sum() / pos.sum()
+    assert torch.isclose(exact['focal'], hard, rtol=1e-3)
+    with pytest.raises(ValueError, match='quality'):
+        detection_loss(out, t, quality='centre')
 
 
 def test_giou_loss_values():

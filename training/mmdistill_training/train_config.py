@@ -55,6 +55,10 @@ DEFAULTS: Dict[str, Any] = {
         'focal_weight': 1.0,        # delta
         'box_weight': 1.0,
         'centerness_weight': 1.0,
+        # what ranks a vehicle's boxes: centerness (FCOS: a binary focal loss and a centerness
+        # target) or iou (each positive's class and quality targets are its box's IoU, learnt with
+        # a quality focal loss, so that the best-fitting box scores highest)
+        'quality': 'centerness',
         'distill': 'mta',           # mta | mta_average | mta_reference | ranking | none
         'distill_weight': 0.05,     # omega
         'beta': 0.5,
@@ -168,6 +172,8 @@ def validate(raw: dict) -> TrainConfig:
     if cfg['targets'] not in TARGETS:
         raise ConfigError(f'targets: one of {list(TARGETS)}, got {cfg["targets"]!r}')
     loss = cfg['loss']
+    if loss['quality'] not in ('centerness', 'iou'):
+        raise ConfigError(f"loss.quality: centerness or iou, got {loss['quality']!r}")
     if loss['distill'] not in DISTILL_LOSSES:
         raise ConfigError(f'loss.distill: one of {list(DISTILL_LOSSES)}, got {loss["distill"]!r}')
     t = loss['teachers']

@@ -506,7 +506,8 @@ def train(cfg: TrainConfig, dataset_dir: Path, out_dir: Path, init: Optional[str
                 tgt = targets(boxes)
                 det = detection_loss(outputs, tgt, alpha=0.25, gamma=2.0, focal_weight=cfg.loss['focal_weight'],
                                      box_weight=cfg.loss['box_weight'],
-                                     centerness_weight=cfg.loss['centerness_weight'])
+                                     centerness_weight=cfg.loss['centerness_weight'],
+                                     quality=cfg.loss['quality'])
                 batch_att = {m: [a.to(device) for a in v] for m, v in att.items()}
                 dist_l = _distill_term(cfg, pyramid, batch_att, present.to(device), 0)
                 loss = det['total'] + cfg.loss['distill_weight'] * dist_l

@@ -29,6 +29,7 @@ def test_inheritance_and_overrides():
 @pytest.mark.parametrize('raw, match', [
     ({'optim': {'lrr': 1}}, r'optim\.lrr: unknown key'),
     ({'loss': {'distill': 'kl'}}, r'loss\.distill'),
+    ({'loss': {'quality': 'giou'}}, r'loss\.quality'),
     ({'features': ['ild']}, 'features'),
     ({'features': ['srp', 'logmel']}, 'features'),
     ({'loss': {'teachers': ['ground_truth']}}, r'loss\.teachers'),

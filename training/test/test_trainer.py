@@ -136,6 +136,11 @@ def test_pretext_initialises_the_encoder(dataset, tmp_path):
         train(cfg(), dataset, tmp_path / 'x', progress=False, init=f'pretext:{tmp_path / "dist"}')
 
 
+def test_iou_quality_trains(dataset, tmp_path):
+    s = train(cfg(loss={'quality': 'iou'}, optim={'epochs': 1}), dataset, tmp_path / 'iou', progress=False)
+    assert np.isfinite(s['history'][0]['train_loss'])
+
+
 @pytest.mark.parametrize('distill', ['mta_average', 'mta_reference', 'ranking', 'none'])
 def test_every_distillation_variant_trains(dataset, tmp_path, distill):
     over = {'loss': {'distill': distill}, 'optim': {'epochs': 1}}
