@@ -43,7 +43,7 @@ from mmdistill_common.boxes import as_boxes, clip as clip_boxes, nms
 __all__ = [
     'DEFAULT_STRIDES', 'DEFAULT_SIZE_RANGES', 'DetectionHead', 'Scale',
     'feature_sizes_for', 'cell_centers', 'flatten_outputs', 'assign_targets',
-    'sigmoid_focal_loss', 'quality_focal_loss', 'paired_iou', 'giou_loss', 'detection_loss', 'decode', 'decode_flat',
+    'QUALITY_TARGETS', 'sigmoid_focal_loss', 'quality_focal_loss', 'paired_iou', 'giou_loss', 'detection_loss', 'decode', 'decode_flat',
     'attention_maps', 'group_norm',
 ]
 
@@ -374,6 +374,10 @@ class TargetCache:
 # ---------------------------------------------------------------------------------------------
 # losses
 
+#: what :func:`detection_loss` ranks a vehicle's boxes by (its ``quality`` argument)
+QUALITY_TARGETS = ('centerness', 'iou', 'iou_focal')
+
+
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
                        gamma: float = 2.0, reduction: str = 'sum') -> torch.Tensor:
     """Sigmoid focal loss (Lin et al. 2017), elementwise then reduced.
@@ -474,10 +478,14 @@ def detection_loss(outputs: Dict[str, object], targets: Dict[str, torch.Tensor],
     * ``total``  = focal_weight * focal + box_weight * box + centerness_weight * centerness;
     * ``num_pos`` = |P| (float tensor, for logging).
 
-    ``quality='iou'`` makes the scores follow localisation: a positive cell's class target is
-    the IoU of its predicted box with its label box (detached, at least 0.01), learnt with
-    :func:`quality_focal_loss` (beta = ``gamma``, no alpha) in place of the focal loss, and the
-    centerness branch learns that IoU too. ``box`` keeps the centerness weights.
+    ``quality`` makes the scores follow localisation (``box`` keeps the centerness weights):
+
+    * ``'centerness'``: FCOS, as above;
+    * ``'iou'``: the centerness branch learns the IoU of the cell's predicted box with its
+      label box (detached, at least 0.01), as IoU-aware RetinaNet does;
+    * ``'iou_focal'``: that, and the class target of a positive cell is that IoU too, learnt
+      with :func:`quality_focal_loss` (beta = ``gamma``, no alpha) in place of the focal loss
+      (Generalized Focal Loss).
     """
     flat = flatten_outputs(outputs)
     cls, ltrb, ctr = flat['cls'], flat['ltrb'], flat['ctr']
@@ -485,8 +493,8 @@ def detection_loss(outputs: Dict[str, object], targets: Dict[str, torch.Tensor],
         raise ValueError(f'head outputs {tuple(cls.shape)} (B, cells, classes) do not match targets '
                          f'{tuple(targets["cls"].shape)}: check image_size, strides, feature sizes and '
                          'num_classes')
-    if quality not in ('centerness', 'iou'):
-        raise ValueError(f"quality must be 'centerness' or 'iou', got {quality!r}")
+    if quality not in QUALITY_TARGETS:
+        raise ValueError(f'quality must be one of {QUALITY_TARGETS}, got {quality!r}')
     dev = cls.device
     pos = targets['pos'].to(dev)
     num_pos = pos.sum()
@@ -503,9 +511,10 @@ def detection_loss(outputs: Dict[str, object], targets: Dict[str, torch.Tensor],
         ctr_target = targets['centerness'].to(dev, ltrb.dtype)[pos]
         pred_boxes = torch.cat([pts - pred_ltrb[:, :2], pts + pred_ltrb[:, 2:]], dim=1)
         label_boxes = targets['boxes'].to(dev, ltrb.dtype)[pos]
-        if quality == 'iou':
+        if quality != 'centerness':
             with torch.no_grad():
                 iou = paired_iou(pred_boxes, label_boxes).clamp(min=0.01)
+        if quality == 'iou_focal':
             cls_target = cls_target.clone()
             cls_target[pos] = cls_target[pos] * iou[:, None]
         if box_loss == 'giou':
@@ -519,11 +528,11 @@ def detection_loss(outputs: Dict[str, object], targets: Dict[str, torch.Tensor],
         if ctr is not None:
             w = ctr_target
             box = (per * w).sum() / w.sum().clamp(min=1e-6)
-            ctr_loss = F.binary_cross_entropy_with_logits(ctr[pos], iou if quality == 'iou' else ctr_target,
+            ctr_loss = F.binary_cross_entropy_with_logits(ctr[pos], ctr_target if quality == 'centerness' else iou,
                                                           reduction='mean')
         else:
             box = per.mean()
-    if quality == 'iou':
+    if quality == 'iou_focal':
         focal = quality_focal_loss(cls, cls_target, gamma, 'sum') / n_pos
     else:
         focal = sigmoid_focal_loss(cls, cls_target, alpha, gamma, 'sum') / n_pos

@@ -248,14 +248,14 @@ def test_paired_iou_is_the_diagonal_of_the_iou_matrix():
 
 
 def test_detection_loss_iou_quality_targets():
-    """quality='iou': a positive's class and centerness targets are its predicted box's IoU with
-    its label box, learnt with the quality focal loss; a perfect box gets target 1."""
+    """quality='iou': the centerness target is the predicted box's IoU with its label box;
+    'iou_focal': the class target too, learnt with the quality focal loss (a perfect box: 1)."""
     boxes = [np.array([[50, 20, 120, 100]], float), np.array([[200, 40, 240, 80]], float)]
     t = assign_targets(boxes, IMG)
     torch.manual_seed(0)
     head = DetectionHead(8, num_convs=1)
     out = head([torch.randn(2, 8, h, w) for h, w in feature_sizes_for(IMG)])
-    loss = detection_loss(out, t, quality='iou')
+    loss = detection_loss(out, t, quality='iou_focal')
     cls = torch.cat([c.flatten(2).transpose(1, 2) for c in out['cls_logits']], 1)
     ltrb = torch.cat([c.flatten(2).transpose(1, 2) for c in out['box_ltrb']], 1)
     ctr = torch.cat([c.flatten(2).transpose(1, 2) for c in out['centerness']], 1)[..., 0]
@@ -270,10 +270,13 @@ def test_detection_loss_iou_quality_targets():
     assert torch.isclose(loss['focal'], manual, rtol=1e-4)
     assert torch.isclose(loss['centerness'],
                          torch.nn.functional.binary_cross_entropy_with_logits(ctr[pos], iou), rtol=1e-4)
-    assert not torch.isclose(loss['focal'], detection_loss(out, t)['focal'])
+    plain, iou_only = detection_loss(out, t), detection_loss(out, t, quality='iou')
+    assert not torch.isclose(loss['focal'], plain['focal'])
+    assert torch.isclose(iou_only['focal'], plain['focal']) and torch.isclose(iou_only['box'], plain['box'])
+    assert torch.isclose(iou_only['centerness'], loss['centerness'])
     # exact boxes: every positive's target is 1, so the class loss is the binary one without alpha
     perfect = perfect_outputs(t)
-    exact = detection_loss(perfect, t, quality='iou')
+    exact = detection_loss(perfect, t, quality='iou_focal')
     pcls = torch.cat([c.flatten(2).transpose(1, 2) for c in perfect['cls_logits']], 1)
     hard = sigmoid_focal_loss(pcls, t['cls'].to(pcls.dtype), alpha=-1).sum() / pos.sum()
     assert torch.isclose(exact['focal'], hard, rtol=1e-3)

@@ -15,6 +15,10 @@ import yaml
 
 from mmdistill_common.errors import ConfigError
 
+#: head.detection_loss's ``quality`` choices (named here too so that reading a config needs no
+#: torch; training/test/test_train_config.py checks that the two agree)
+QUALITY_TARGETS = ('centerness', 'iou', 'iou_focal')
+
 __all__ = ['TrainConfig', 'load_train_config', 'DEFAULTS', 'DISTILL_LOSSES', 'TARGETS', 'config_dir',
            'resolve_config']
 
@@ -55,9 +59,9 @@ DEFAULTS: Dict[str, Any] = {
         'focal_weight': 1.0,        # delta
         'box_weight': 1.0,
         'centerness_weight': 1.0,
-        # what ranks a vehicle's boxes: centerness (FCOS: a binary focal loss and a centerness
-        # target) or iou (each positive's class and quality targets are its box's IoU, learnt with
-        # a quality focal loss, so that the best-fitting box scores highest)
+        # what ranks a vehicle's boxes (score = sqrt(class * quality)): centerness (FCOS), iou (the
+        # quality branch learns each positive's box IoU) or iou_focal (the class target too, by a
+        # quality focal loss); measured on val in the README (Student training), not adopted
         'quality': 'centerness',
         'distill': 'mta',           # mta | mta_average | mta_reference | ranking | none
         'distill_weight': 0.05,     # omega
@@ -172,8 +176,8 @@ def validate(raw: dict) -> TrainConfig:
     if cfg['targets'] not in TARGETS:
         raise ConfigError(f'targets: one of {list(TARGETS)}, got {cfg["targets"]!r}')
     loss = cfg['loss']
-    if loss['quality'] not in ('centerness', 'iou'):
-        raise ConfigError(f"loss.quality: centerness or iou, got {loss['quality']!r}")
+    if loss['quality'] not in QUALITY_TARGETS:
+        raise ConfigError(f"loss.quality: one of {list(QUALITY_TARGETS)}, got {loss['quality']!r}")
     if loss['distill'] not in DISTILL_LOSSES:
         raise ConfigError(f'loss.distill: one of {list(DISTILL_LOSSES)}, got {loss["distill"]!r}')
     t = loss['teachers']

@@ -60,3 +60,9 @@ def test_file_errors(tmp_path):
     typo.write_text('loss: {distil_weight: 0.1}\n')
     with pytest.raises(ConfigError, match=r'typo\.yaml: loss\.distil_weight: unknown key'):
         load_train_config(str(typo))
+
+
+def test_quality_choices_are_the_heads():
+    from mmdistill_teachers.head import QUALITY_TARGETS as head_choices
+    from mmdistill_training.train_config import QUALITY_TARGETS
+    assert QUALITY_TARGETS == head_choices

@@ -136,8 +136,9 @@ def test_pretext_initialises_the_encoder(dataset, tmp_path):
         train(cfg(), dataset, tmp_path / 'x', progress=False, init=f'pretext:{tmp_path / "dist"}')
 
 
-def test_iou_quality_trains(dataset, tmp_path):
-    s = train(cfg(loss={'quality': 'iou'}, optim={'epochs': 1}), dataset, tmp_path / 'iou', progress=False)
+@pytest.mark.parametrize('quality', ['iou', 'iou_focal'])
+def test_iou_quality_trains(dataset, tmp_path, quality):
+    s = train(cfg(loss={'quality': quality}, optim={'epochs': 1}), dataset, tmp_path / quality, progress=False)
     assert np.isfinite(s['history'][0]['train_loss'])
 
 
