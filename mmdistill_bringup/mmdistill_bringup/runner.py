@@ -282,7 +282,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except RuntimeError as exc:
+    except (RuntimeError, SystemError) as exc:
         if not interrupted_take(exc, interrupted):
             raise
     finally:

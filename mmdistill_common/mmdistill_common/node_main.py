@@ -58,8 +58,10 @@ def settle_signal_thread() -> None:
 
 def interrupted_take(exc: BaseException, interrupted: Sequence[int]) -> bool:
     """Whether ``exc`` is a Ctrl-C in disguise: pybind11 turns a ``KeyboardInterrupt`` raised while
-    rclpy converts a taken message into ``RuntimeError("Unable to convert call argument ...")``."""
-    return isinstance(exc, RuntimeError) and bool(interrupted)
+    rclpy converts a taken message into ``RuntimeError("Unable to convert call argument ...")``, and
+    numba one raised inside a compiled function (the simulator's renderer) into ``SystemError("...
+    returned a result with an exception set")``."""
+    return isinstance(exc, (RuntimeError, SystemError)) and bool(interrupted)
 
 
 def run_node(name: str, factory: Callable[[], object], args: Optional[Sequence[str]] = None,
@@ -78,7 +80,7 @@ def run_node(name: str, factory: Callable[[], object], args: Optional[Sequence[s
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         settle_signal_thread()
-    except RuntimeError as exc:
+    except (RuntimeError, SystemError) as exc:
         if not interrupted_take(exc, interrupted):
             raise
         settle_signal_thread()

@@ -1,6 +1,7 @@
 """``run_node`` and ``mmdistill-bringup`` exit 0 on a Ctrl-C that pybind11 disguised as a RuntimeError
 while rclpy converted a taken message (CI saw it: the bringup child died with a traceback when the
-test stopped it mid-message), and still fail on a RuntimeError that no Ctrl-C caused.
+test stopped it mid-message), or that numba disguised as a SystemError inside the simulator's
+compiled renderer, and still fail on a RuntimeError that no Ctrl-C caused.
 
 Each case runs in a child process: ``rclpy.init`` and the SIGINT handler must be the child's own."""
 import subprocess
@@ -31,7 +32,7 @@ class Taker(Node):
             if not self.interrupt:
                 raise RuntimeError('a real bug')
             raise AssertionError('the SIGINT handler did not raise')
-        raise RuntimeError("Unable to convert call argument '0' to Python object")
+        raise {disguise}
 '''
 
 RUN_NODE = NODE + '''
@@ -53,11 +54,16 @@ sys.exit(runner.main(['car', '--duration', '20']))
 '''
 
 
+DISGUISES = {'pybind11': "RuntimeError(\"Unable to convert call argument '0' to Python object\")",
+             'numba': "SystemError('CPUDispatcher(<function kernel>) returned a result with an exception set')"}
+
+
 @pytest.mark.parametrize('script', [RUN_NODE, BRINGUP], ids=['run_node', 'bringup'])
 @pytest.mark.parametrize('interrupt', [True, False], ids=['ctrl-c', 'bug'])
-def test_a_disguised_ctrl_c_exits_0_and_a_real_runtime_error_does_not(script, interrupt):
-    proc = subprocess.run([sys.executable, '-c', textwrap.dedent(script).replace('{interrupt}', str(interrupt))],
-                          capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize('disguise', sorted(DISGUISES))
+def test_a_disguised_ctrl_c_exits_0_and_a_real_runtime_error_does_not(script, interrupt, disguise):
+    code = textwrap.dedent(script).replace('{interrupt}', str(interrupt)).replace('{disguise}', DISGUISES[disguise])
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60)
     if interrupt:
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert 'Traceback' not in proc.stderr
