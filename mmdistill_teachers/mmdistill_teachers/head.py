@@ -397,13 +397,7 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
     loss = ce * (1 - p_t) ** gamma
     if alpha >= 0:
         loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    if reduction == 'sum':
-        return loss.sum()
-    if reduction == 'mean':
-        return loss.mean()
-    if reduction == 'none':
-        return loss
-    raise ValueError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
+    return _reduce(loss, reduction)
 
 
 def quality_focal_loss(logits: torch.Tensor, targets: torch.Tensor, beta: float = 2.0,
@@ -417,6 +411,10 @@ def quality_focal_loss(logits: torch.Tensor, targets: torch.Tensor, beta: float 
     """
     loss = F.binary_cross_entropy_with_logits(logits, targets, reduction='none') \
         * (targets - torch.sigmoid(logits)).abs().pow(beta)
+    return _reduce(loss, reduction)
+
+
+def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == 'sum':
         return loss.sum()
     if reduction == 'mean':
@@ -429,12 +427,17 @@ def quality_focal_loss(logits: torch.Tensor, targets: torch.Tensor, beta: float 
 def paired_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """IoU of ``a[i]`` with ``b[i]`` (both (N, 4) x1 y1 x2 y2): the diagonal of
     ``torchvision.ops.box_iou`` without its N x N matrix."""
-    lt = torch.maximum(a[:, :2], b[:, :2])
-    rb = torch.minimum(a[:, 2:], b[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=1)
-    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(dim=1)
-    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(dim=1)
-    return inter / (area_a + area_b - inter + eps)
+    inter, union = _paired_inter_union(a, b)
+    return inter / (union + eps)
+
+
+def _paired_inter_union(a: torch.Tensor, b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Intersection and union areas of ``a[i]`` and ``b[i]`` ((N, 4) x1 y1 x2 y2)."""
+    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
+    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    wh = (torch.min(a[:, 2:], b[:, 2:]) - torch.max(a[:, :2], b[:, :2])).clamp(min=0)
+    inter = wh[:, 0] * wh[:, 1]
+    return inter, area_a + area_b - inter
 
 
 def giou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -442,13 +445,7 @@ def giou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> to
 
     ``GIoU = IoU - (|C| - |A u B|) / |C|`` with C the smallest box enclosing A and B.
     """
-    area_p = (pred[:, 2] - pred[:, 0]).clamp(min=0) * (pred[:, 3] - pred[:, 1]).clamp(min=0)
-    area_t = (target[:, 2] - target[:, 0]).clamp(min=0) * (target[:, 3] - target[:, 1]).clamp(min=0)
-    lt = torch.max(pred[:, :2], target[:, :2])
-    rb = torch.min(pred[:, 2:], target[:, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    union = area_p + area_t - inter
+    inter, union = _paired_inter_union(pred, target)
     iou = inter / (union + eps)
     elt = torch.min(pred[:, :2], target[:, :2])
     erb = torch.max(pred[:, 2:], target[:, 2:])
